@@ -1,0 +1,92 @@
+// Backend-independent pieces of the interface: spec validation, TensorFlow conv geometry and the
+// Philox sketch draws (compiled with -ffp-contract=off, see philox_sketch.h).
+#include <cmath>
+#include <numeric>
+#include <sstream>
+#include <vector>
+
+#include "backend.h"
+#include "philox_sketch.h"
+
+namespace nysact {
+namespace {
+
+[[noreturn]] void invalid(const std::string& message) { throw Error("ERR_NYSACT_INVALID_ARGUMENT", message); }
+
+constexpr int64_t kMaxDimension = int64_t{1} << 31;
+
+void requireRange(const char* name, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) {
+    std::ostringstream msg;
+    msg << "Expected an integer in [" << lo << ", " << hi << "] for spec." << name << " but received " << value;
+    invalid(msg.str());
+  }
+}
+
+}  // namespace
+
+void validateLayerSpec(const LayerSpec& s) {
+  if (s.kind == LayerKind::Plain) {
+    requireRange("size", s.size, 1, int64_t{1} << 40);
+    return;
+  }
+  if (s.kind != LayerKind::Dense && s.kind != LayerKind::Conv2d) invalid("Expected 0, 1 or 2 for spec.kind");
+  requireRange("fanIn", s.fanIn, 1, kMaxDimension);
+  requireRange("fanOut", s.fanOut, 1, kMaxDimension);
+  requireRange("rank", s.rank, 1, 1 << 16);
+  if (s.fanIn * s.fanOut > (int64_t{1} << 40)) invalid("spec.fanIn * spec.fanOut is too large");
+  if (s.sketch != SketchKind::Gaussian && s.sketch != SketchKind::Subcolumns) invalid("Expected 0 or 1 for spec.sketch");
+  if (s.layout != WeightLayout::InOut && s.layout != WeightLayout::OutIn) invalid("Expected 0 or 1 for spec.layout");
+  if (s.kind == LayerKind::Conv2d) {
+    requireRange("kernelH", s.kernelH, 1, 1 << 12);
+    requireRange("kernelW", s.kernelW, 1, 1 << 12);
+    requireRange("inChannels", s.inChannels, 1, 1 << 24);
+    requireRange("strideH", s.strideH, 1, 1 << 12);
+    requireRange("strideW", s.strideW, 1, 1 << 12);
+    requireRange("dilationH", s.dilationH, 1, 1 << 12);
+    requireRange("dilationW", s.dilationW, 1, 1 << 12);
+    if (s.padding != Padding::Valid && s.padding != Padding::Same) invalid("Expected 0 or 1 for spec.padding");
+    if (int64_t{s.kernelH} * s.kernelW * s.inChannels != s.fanIn) {
+      invalid("spec.fanIn must equal spec.kernelH * spec.kernelW * spec.inChannels");
+    }
+  }
+}
+
+ConvGeometry convGeometry(const LayerSpec& s, int64_t height, int64_t width) {
+  ConvGeometry g{};
+  const int64_t effH = (int64_t{s.kernelH} - 1) * s.dilationH + 1;
+  const int64_t effW = (int64_t{s.kernelW} - 1) * s.dilationW + 1;
+  if (s.padding == Padding::Same) {
+    g.outH = (height + s.strideH - 1) / s.strideH;
+    g.outW = (width + s.strideW - 1) / s.strideW;
+    const int64_t padH = std::max<int64_t>((g.outH - 1) * s.strideH + effH - height, 0);
+    const int64_t padW = std::max<int64_t>((g.outW - 1) * s.strideW + effW - width, 0);
+    g.padTop = padH / 2;
+    g.padLeft = padW / 2;
+  } else {
+    g.outH = height >= effH ? (height - effH) / s.strideH + 1 : 0;
+    g.outW = width >= effW ? (width - effW) / s.strideW + 1 : 0;
+    g.padTop = 0;
+    g.padLeft = 0;
+  }
+  return g;
+}
+
+void philoxGaussianSketch(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64_t p, int64_t r, float* out) {
+  const double invSqrtP = 1.0 / std::sqrt(static_cast<double>(p));
+  const int64_t n = p * r;
+  for (int64_t e = 0; e < n; ++e) out[e] = philox::gaussianSketchElement(seed, layerKey, statStep, e, invSqrtP);
+}
+
+void philoxSubcolumns(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64_t p, int64_t r, int32_t* out) {
+  // Partial Fisher–Yates: r distinct columns, in draw order.
+  std::vector<int32_t> perm(static_cast<size_t>(p));
+  std::iota(perm.begin(), perm.end(), 0);
+  for (int64_t j = 0; j < r; ++j) {
+    const int64_t pick = j + philox::subcolumnDraw(seed, layerKey, statStep, j, static_cast<uint32_t>(p - j));
+    std::swap(perm[j], perm[pick]);
+    out[j] = perm[j];
+  }
+}
+
+}  // namespace nysact

@@ -1,0 +1,303 @@
+// The CPU backend: per-layer state in host memory, kernels in sketch.cpp, nystrom.cpp, update.cpp.
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../backend.h"
+#include "cpu_kernels.h"
+#include "nystrom.h"
+
+namespace nysact {
+namespace {
+
+[[noreturn]] void stateError(const std::string& message) { throw Error("ERR_NYSACT_STATE", message); }
+
+template <typename T>
+void requireSize(const char* field, const std::vector<T>& v, size_t expected, bool allowEmpty) {
+  if (v.size() == expected || (allowEmpty && v.empty())) return;
+  std::ostringstream msg;
+  msg << "Expected state." << field << " to have " << expected << " elements" << (allowEmpty ? " (or none)" : "")
+      << " but received " << v.size();
+  stateError(msg.str());
+}
+
+template <typename T>
+size_t bytesOf(const std::vector<T>& v) {
+  return v.capacity() * sizeof(T);
+}
+
+class CpuLayer final : public Layer {
+ public:
+  explicit CpuLayer(const LayerSpec& spec) : spec_(spec) {
+    validateLayerSpec(spec_);
+    if (spec_.kind == LayerKind::Plain) {
+      momentum_.assign(static_cast<size_t>(spec_.size), 0.0f);
+      return;
+    }
+    p_ = spec_.p();
+    k_ = spec_.r();
+    ema_.assign(static_cast<size_t>(p_ * k_), 0.0f);
+    momentum_.assign(static_cast<size_t>(spec_.weightSize()), 0.0f);
+    if (spec_.bias) biasMomentum_.assign(static_cast<size_t>(spec_.fanOut), 0.0f);
+  }
+
+  const LayerSpec& spec() const override { return spec_; }
+
+  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) override {
+    requirePreconditioned("sketchCovarianceDense");
+    if (!cpu::allFinite(x, rows * spec_.fanIn)) return false;
+    prepareSketch(sketch);
+    pendingCovariance_.resize(static_cast<size_t>(p_ * k_));
+    cpu::sketchCovarianceDense(x, rows, spec_.fanIn, spec_.bias, sketchForProduct(), k_, pendingCovariance_.data());
+    hasPending_ = true;
+    return true;
+  }
+
+  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) override {
+    requirePreconditioned("sketchCovarianceConv");
+    if (spec_.kind != LayerKind::Conv2d) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "sketchCovarianceConv needs a conv2d layer");
+    if (!cpu::allFinite(x, input.batch * input.height * input.width * spec_.inChannels)) return false;
+    prepareSketch(sketch);
+    pendingCovariance_.resize(static_cast<size_t>(p_ * k_));
+    cpu::sketchCovarianceConv(x, spec_, input, sketchForProduct(), k_, pendingCovariance_.data());
+    hasPending_ = true;
+    return true;
+  }
+
+  bool hasPendingStatistics() const override { return hasPending_; }
+  void discardPendingStatistics() override { hasPending_ = false; }
+
+  void readPendingCovariance(float* out) const override {
+    requirePending();
+    std::memcpy(out, pendingCovariance_.data(), pendingCovariance_.size() * sizeof(float));
+  }
+  void writePendingCovariance(const float* in) override {
+    requirePending();
+    std::memcpy(pendingCovariance_.data(), in, pendingCovariance_.size() * sizeof(float));
+  }
+
+  void commitStatistics(double statDecay) override {
+    requirePending();
+    const float beta = static_cast<float>(statDecay), oneMinus = static_cast<float>(1.0 - statDecay);
+    for (size_t i = 0; i < ema_.size(); ++i) ema_[i] = beta * ema_[i] + oneMinus * pendingCovariance_[i];
+    decayProduct_ *= statDecay;
+    emaSteps_ += 1;
+    if (!spec_.fullCovariance()) {
+      if (spec_.sketch == SketchKind::Gaussian) {
+        sketch_.swap(pendingSketch_);
+      } else {
+        indices_.swap(pendingIndices_);
+      }
+    }
+    hasPending_ = false;
+  }
+
+  FactorReport nystromFactors(double damping, NystromVariant variant) override {
+    requirePreconditioned("nystromFactors");
+    cpu::NystromInput in{};
+    in.ema = ema_.data();
+    in.p = p_;
+    in.k = k_;
+    in.full = spec_.fullCovariance();
+    in.sketch = (!in.full && spec_.sketch == SketchKind::Gaussian && !sketch_.empty()) ? sketch_.data() : nullptr;
+    in.indices = (!in.full && spec_.sketch == SketchKind::Subcolumns && !indices_.empty()) ? indices_.data() : nullptr;
+    in.decayProduct = decayProduct_;
+    in.damping = damping;
+    in.variant = variant;
+    cpu::FactorResult result;
+    if (!in.full && in.sketch == nullptr && in.indices == nullptr) {
+      result.report.status = FactorStatus::KeptPrevious;
+      result.report.detail = "no sketch committed yet";
+    } else {
+      result = cpu::nystromFactors(in);
+    }
+    if (result.ok) {
+      basis_.assign(result.basis.data(), result.basis.data() + result.basis.size());
+      coefficients_ = std::move(result.coefficients);
+      inverseDamping_ = 1.0 / damping;
+      hasFactors_ = true;
+      if (result.report.status != FactorStatus::Ok) factorFallbacks_ += 1;
+      return result.report;
+    }
+    factorFallbacks_ += 1;
+    if (!hasFactors_) {
+      // P = I/ρ: a zero correction on any orthonormal basis.
+      basis_.assign(static_cast<size_t>(p_ * k_), 0.0f);
+      coefficients_.assign(static_cast<size_t>(k_), 0.0f);
+      inverseDamping_ = 1.0 / damping;
+      hasFactors_ = true;
+      result.report.status = FactorStatus::Identity;
+    }
+    return result.report;
+  }
+
+  void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
+                                  const StepScalars& s) override {
+    if (spec_.kind == LayerKind::Plain) {
+      cpu::momentumStep(spec_.size, weight, gradWeight, momentum_.data(), s);
+      return;
+    }
+    if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
+    cpu::preconditionedMomentumStep(spec_, basis_.data(), coefficients_.data(), k_, inverseDamping_, weight, bias,
+                                    gradWeight, gradBias, momentum_.data(),
+                                    spec_.bias ? biasMomentum_.data() : nullptr, s);
+  }
+
+  void exportState(LayerState& out) const override {
+    out.ema = ema_;
+    out.sketch = sketch_;
+    out.indices = indices_;
+    out.basis = basis_;
+    out.coefficients = coefficients_;
+    out.inverseDamping = inverseDamping_;
+    out.decayProduct = decayProduct_;
+    out.momentum = momentum_;
+    out.biasMomentum = biasMomentum_;
+    out.emaSteps = emaSteps_;
+    out.hasFactors = hasFactors_;
+    out.factorFallbacks = factorFallbacks_;
+  }
+
+  void importState(const LayerState& in) override {
+    if (spec_.kind == LayerKind::Plain) {
+      requireSize("momentum", in.momentum, momentum_.size(), false);
+      momentum_ = in.momentum;
+      return;
+    }
+    const size_t pk = static_cast<size_t>(p_ * k_);
+    requireSize("ema", in.ema, pk, false);
+    const bool sketched = !spec_.fullCovariance();
+    requireSize("sketch", in.sketch, sketched && spec_.sketch == SketchKind::Gaussian ? pk : 0, true);
+    requireSize("indices", in.indices, sketched && spec_.sketch == SketchKind::Subcolumns ? static_cast<size_t>(k_) : 0, true);
+    requireSize("basis", in.basis, in.hasFactors ? pk : 0, false);
+    requireSize("coefficients", in.coefficients, in.hasFactors ? static_cast<size_t>(k_) : 0, false);
+    requireSize("momentum", in.momentum, momentum_.size(), false);
+    requireSize("biasMomentum", in.biasMomentum, biasMomentum_.size(), false);
+    for (int32_t index : in.indices)
+      if (index < 0 || index >= p_) stateError("state.indices holds a column outside [0, p)");
+    if (in.emaSteps < 0) stateError("state.emaSteps must be non-negative");
+    if (!(in.decayProduct >= 0.0 && in.decayProduct <= 1.0)) stateError("state.decayProduct must be in [0, 1]");
+    if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
+      stateError("state.inverseDamping must be a positive finite number");
+    }
+    ema_ = in.ema;
+    sketch_ = in.sketch;
+    indices_ = in.indices;
+    basis_ = in.basis;
+    coefficients_ = in.coefficients;
+    inverseDamping_ = in.inverseDamping;
+    decayProduct_ = in.decayProduct;
+    momentum_ = in.momentum;
+    biasMomentum_ = in.biasMomentum;
+    emaSteps_ = in.emaSteps;
+    hasFactors_ = in.hasFactors;
+    factorFallbacks_ = in.factorFallbacks;
+    hasPending_ = false;
+  }
+
+  size_t stateBytes() const override {
+    return bytesOf(ema_) + bytesOf(sketch_) + bytesOf(indices_) + bytesOf(basis_) + bytesOf(coefficients_) +
+           bytesOf(momentum_) + bytesOf(biasMomentum_) + bytesOf(pendingCovariance_) + bytesOf(pendingSketch_) +
+           bytesOf(pendingIndices_) + bytesOf(productSketch_);
+  }
+
+ private:
+  void requirePreconditioned(const char* what) const {
+    if (spec_.kind == LayerKind::Plain) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", std::string(what) + " is not available on a plain parameter");
+    }
+  }
+  void requirePending() const {
+    requirePreconditioned("pending statistics");
+    if (!hasPending_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "no pending statistics: call sketchCovariance first");
+  }
+
+  // Fills the pending sketch for this statistics step: caller-supplied, or Philox keyed by
+  // (seed, layer, emaSteps).  Full-covariance layers use the identity.
+  void prepareSketch(const SketchInput& in) {
+    if (spec_.fullCovariance()) return;
+    const uint64_t step = static_cast<uint64_t>(emaSteps_);
+    if (spec_.sketch == SketchKind::Gaussian) {
+      pendingSketch_.resize(static_cast<size_t>(p_ * k_));
+      if (in.matrix != nullptr) {
+        std::memcpy(pendingSketch_.data(), in.matrix, pendingSketch_.size() * sizeof(float));
+      } else {
+        philoxGaussianSketch(spec_.seed, spec_.layerKey, step, p_, k_, pendingSketch_.data());
+      }
+    } else {
+      pendingIndices_.resize(static_cast<size_t>(k_));
+      if (in.indices != nullptr) {
+        std::memcpy(pendingIndices_.data(), in.indices, pendingIndices_.size() * sizeof(int32_t));
+      } else {
+        philoxSubcolumns(spec_.seed, spec_.layerKey, step, p_, k_, pendingIndices_.data());
+      }
+    }
+  }
+
+  // The p x k matrix the products use: the gaussian sketch, the subcolumn selector, or I.
+  const float* sketchForProduct() {
+    if (!spec_.fullCovariance() && spec_.sketch == SketchKind::Gaussian) return pendingSketch_.data();
+    productSketch_.assign(static_cast<size_t>(p_ * k_), 0.0f);
+    if (spec_.fullCovariance()) {
+      for (int64_t i = 0; i < p_; ++i) productSketch_[i * k_ + i] = 1.0f;
+    } else {
+      for (int64_t j = 0; j < k_; ++j) productSketch_[pendingIndices_[j] * k_ + j] = 1.0f;
+    }
+    return productSketch_.data();
+  }
+
+  LayerSpec spec_;
+  int64_t p_ = 0, k_ = 0;
+  std::vector<float> ema_, sketch_, basis_, coefficients_, momentum_, biasMomentum_;
+  std::vector<int32_t> indices_;
+  double inverseDamping_ = 0.0, decayProduct_ = 1.0;
+  int64_t emaSteps_ = 0, factorFallbacks_ = 0;
+  bool hasFactors_ = false;
+  // Transient: the statistics of the current step, before commitStatistics.
+  std::vector<float> pendingCovariance_, pendingSketch_, productSketch_;
+  std::vector<int32_t> pendingIndices_;
+  bool hasPending_ = false;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() {
+    // Eigen must not thread its own products: our chunking fixes the summation order.
+    Eigen::setNbThreads(1);
+  }
+  const char* name() const override { return "cpu"; }
+  std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override { return std::make_unique<CpuLayer>(spec); }
+  bool allFinite(const float* x, size_t n) const override { return cpu::allFinite(x, static_cast<int64_t>(n)); }
+};
+
+}  // namespace
+
+Backend& cpuBackend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+int cpuThreads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void setCpuThreads(int threads) {
+#ifdef _OPENMP
+  omp_set_num_threads(std::max(1, threads));
+#else
+  (void)threads;
+#endif
+}
+
+}  // namespace nysact

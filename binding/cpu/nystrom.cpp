@@ -1,0 +1,137 @@
+// Eigenvalue-shifted Nyström factors (SPEC §1 step 2), in double precision.  Only U (p x r) and
+// the r coefficients are kept: P = U diag(1/(λ̂+ρ)) Uᵀ + (I − U Uᵀ)/ρ is never formed.
+#include "nystrom.h"
+
+#include <Eigen/Dense>
+
+#include <cmath>
+#include <sstream>
+
+namespace nysact {
+namespace cpu {
+namespace {
+
+using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <typename M>
+bool finite(const M& m) {
+  return m.allFinite();
+}
+
+// Chat = ema / (1 − Πβ), in double.
+RowMatrixD biasCorrected(const NystromInput& in) {
+  const double denominator = 1.0 - in.decayProduct;
+  return Eigen::Map<const RowMatrixF>(in.ema, in.p, in.k).cast<double>() / denominator;
+}
+
+}  // namespace
+
+FactorResult nystromFactors(const NystromInput& in) {
+  FactorResult out;
+  const double rho = in.damping;
+  if (!(1.0 - in.decayProduct > 0.0)) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.detail = "no statistics committed yet";
+    return out;
+  }
+  const RowMatrixD chat = biasCorrected(in);
+  if (!finite(chat)) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.detail = "covariance estimate is not finite";
+    return out;
+  }
+
+  if (in.full) {
+    // P = (Ĉ + ρI)⁻¹ = Q diag(1/(μ+ρ)) Qᵀ: stored as the full eigenbasis with c = 1/(μ+ρ) − 1/ρ,
+    // so the same low-rank apply serves both kinds of layer.
+    const Eigen::MatrixXd sym = 0.5 * (chat + chat.transpose());
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(sym);
+    if (eig.info() != Eigen::Success || !finite(eig.eigenvalues()) || (eig.eigenvalues().array() + rho).minCoeff() <= 0.0) {
+      out.report.status = FactorStatus::KeptPrevious;
+      out.report.detail = "eigendecomposition of the full covariance failed";
+      return out;
+    }
+    out.basis = eig.eigenvectors().cast<float>();
+    out.coefficients.resize(in.p);
+    for (int64_t i = 0; i < in.p; ++i)
+      out.coefficients[i] = static_cast<float>(1.0 / (eig.eigenvalues()[i] + rho) - 1.0 / rho);
+    out.ok = true;
+    return out;
+  }
+
+  const int64_t p = in.p, r = in.k;
+  RowMatrixD sketch = RowMatrixD::Zero(p, r);
+  if (in.indices != nullptr) {
+    for (int64_t j = 0; j < r; ++j) sketch(in.indices[j], j) = 1.0;
+  } else {
+    sketch = Eigen::Map<const RowMatrixF>(in.sketch, p, r).cast<double>();
+  }
+  const RowMatrixD y = chat + rho * sketch;
+  const Eigen::MatrixXd w = sketch.transpose() * y;
+  // The reference eigendecomposes the lower triangle of the (non-symmetric) W.
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(w, Eigen::ComputeEigenvectors);
+  if (eig.info() != Eigen::Success || !finite(eig.eigenvalues()) || !finite(eig.eigenvectors())) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.detail = "eigendecomposition of SᵀY failed";
+    return out;
+  }
+  const Eigen::VectorXd& lambda = eig.eigenvalues();
+  const Eigen::MatrixXd& v = eig.eigenvectors();
+  double shift = std::fabs(lambda.minCoeff()) + rho;
+  Eigen::LLT<Eigen::MatrixXd> llt;
+  int attempts = 0;
+  constexpr int kMaxAttempts = 4;
+  for (; attempts < kMaxAttempts; ++attempts) {
+    const Eigen::MatrixXd wh = v * (lambda.array() + shift).matrix().asDiagonal() * v.transpose();
+    llt.compute(wh);
+    if (llt.info() == Eigen::Success && finite(Eigen::MatrixXd(llt.matrixL()))) break;
+    shift *= 10.0;
+  }
+  out.report.attempts = attempts + (attempts < kMaxAttempts ? 1 : 0);
+  if (attempts == kMaxAttempts) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.shift = shift;
+    out.report.detail = "Cholesky factorisation failed even with an enlarged shift";
+    return out;
+  }
+  if (attempts > 0) {
+    std::ostringstream msg;
+    msg << "Cholesky needed the shift enlarged " << attempts << " time(s) to " << shift;
+    out.report.status = FactorStatus::ShiftEnlarged;
+    out.report.detail = msg.str();
+  }
+  out.report.shift = shift;
+
+  // Reference: B L = Y  ⇔  Lᵀ Bᵀ = Yᵀ.   Textbook: B = Y L⁻ᵀ  ⇔  L Bᵀ = Yᵀ.
+  Eigen::MatrixXd bt = y.transpose();
+  if (in.variant == NystromVariant::Reference) {
+    llt.matrixU().solveInPlace(bt);
+  } else {
+    llt.matrixL().solveInPlace(bt);
+  }
+  const Eigen::MatrixXd b = bt.transpose();
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(b, Eigen::ComputeThinU);
+  if (!finite(svd.singularValues()) || !finite(svd.matrixU())) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.detail = "SVD of the Nyström factor failed";
+    return out;
+  }
+  out.basis = svd.matrixU().cast<float>();
+  out.coefficients.resize(r);
+  for (int64_t j = 0; j < r; ++j) {
+    const double sigma = svd.singularValues()[j];
+    const double lambdaHat = std::max(sigma * sigma - shift, 0.0);
+    out.coefficients[j] = static_cast<float>(1.0 / (lambdaHat + rho) - 1.0 / rho);
+  }
+  out.lambdaHat.resize(r);
+  for (int64_t j = 0; j < r; ++j) {
+    const double sigma = svd.singularValues()[j];
+    out.lambdaHat[j] = std::max(sigma * sigma - shift, 0.0);
+  }
+  out.ok = true;
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace nysact

@@ -1,0 +1,133 @@
+/**
+ * The one TypeScript description of the native addon (STYLE.md point 8). Only `loader.ts` loads the
+ * binary; everything else sees it through these interfaces.
+ *
+ * The native side repeats the cheap checks (types, lengths, ranges) because the CLI and advanced
+ * users can reach it directly; the friendly validation with defaults lives in `options.ts`.
+ */
+
+/** 0 dense, 1 conv2d, 2 plain (momentum SGD only). */
+export type NativeLayerKind = 0 | 1 | 2;
+
+/** One flat, complete layer description (TypeScript owns the defaults). */
+export interface NativeLayerSpec {
+  kind: NativeLayerKind;
+  /** p0: fan-in without bias (conv: kernelH * kernelW * inChannels). 0 for plain. */
+  fanIn: number;
+  /** q: fan-out. 0 for plain. */
+  fanOut: number;
+  bias: boolean;
+  /** Requested rank; the layer uses r = min(rank, p). */
+  rank: number;
+  /** 0 gaussian, 1 subcolumns. */
+  sketch: 0 | 1;
+  /** 0: tfjs layout [in, out] / [kh, kw, inC, outC]; 1: [out, in]. */
+  layout: 0 | 1;
+  kernelH: number;
+  kernelW: number;
+  inChannels: number;
+  strideH: number;
+  strideW: number;
+  dilationH: number;
+  dilationW: number;
+  /** 0 valid, 1 same (TensorFlow semantics). */
+  padding: 0 | 1;
+  /** Element count of a plain parameter; 0 otherwise. */
+  size: number;
+  /** Philox key: the 64-bit seed as two uint32 halves, and the layer's key. */
+  seedHi: number;
+  seedLo: number;
+  layerKey: number;
+}
+
+/** Complete, bit-exact state of one native layer (arrays are copies). */
+export interface NativeLayerState {
+  ema: Float32Array;
+  sketch: Float32Array;
+  indices: Int32Array;
+  basis: Float32Array;
+  coefficients: Float32Array;
+  inverseDamping: number;
+  /** Product of the statDecay values of all committed statistics steps (1 before the first). */
+  decayProduct: number;
+  momentum: Float32Array;
+  biasMomentum: Float32Array;
+  emaSteps: number;
+  hasFactors: boolean;
+  factorFallbacks: number;
+}
+
+/** 0 ok, 1 shift enlarged, 2 kept previous factors, 3 identity (no previous factors). */
+export interface NativeFactorReport {
+  status: 0 | 1 | 2 | 3;
+  shift: number;
+  attempts: number;
+  detail: string;
+}
+
+export interface NativeConvGeometry {
+  outH: number;
+  outW: number;
+  padTop: number;
+  padLeft: number;
+}
+
+export interface NativeLayer {
+  /** Dense: x is rows x fanIn row-major. Returns false if x holds a non-finite value (nothing stored). */
+  sketchCovarianceDense(x: Float32Array, rows: number, sketch: Float32Array | Int32Array | null): boolean;
+  /** Conv: x is NHWC [batch, height, width, inChannels]. Returns false on non-finite input. */
+  sketchCovarianceConv(
+    x: Float32Array,
+    batch: number,
+    height: number,
+    width: number,
+    sketch: Float32Array | Int32Array | null,
+  ): boolean;
+  hasPendingStatistics(): boolean;
+  discardPendingStatistics(): void;
+  /** Pending C (p x r, or p x p for full covariance) as a copy. */
+  readPendingCovariance(): Float32Array;
+  writePendingCovariance(c: Float32Array): void;
+  commitStatistics(statDecay: number): void;
+  /** variant: 0 reference (B L = Y), 1 textbook (B = Y L^-T). */
+  nystromFactors(damping: number, variant: 0 | 1): NativeFactorReport;
+  /**
+   * In place on weight/bias/momentum. scalars = [lr, momentum, weightDecay, nesterov 0|1,
+   * decoupledWeightDecay 0|1]. bias/gradBias are null iff the layer has no bias.
+   */
+  preconditionedMomentumStep(
+    weight: Float32Array,
+    bias: Float32Array | null,
+    gradWeight: Float32Array,
+    gradBias: Float32Array | null,
+    scalars: Float64Array,
+  ): void;
+  exportState(): NativeLayerState;
+  importState(state: NativeLayerState): void;
+  stateBytes(): number;
+  /** Idempotent. Any later call throws an Error with code ERR_NYSACT_DISPOSED. */
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+export interface NativeBackendInfo {
+  name: string;
+  available: boolean;
+  /** Why the backend is not available; empty when it is. */
+  reason: string;
+}
+
+export interface NativeBinding {
+  readonly version: string;
+  readonly interfaceVersion: number;
+  readonly Layer: new (spec: NativeLayerSpec, backend: string) => NativeLayer;
+  allFinite(x: Float32Array): boolean;
+  threads(): number;
+  setThreads(threads: number): void;
+  philoxGaussianSketch(seedHi: number, seedLo: number, layerKey: number, statStep: number, p: number, r: number): Float32Array;
+  philoxSubcolumns(seedHi: number, seedLo: number, layerKey: number, statStep: number, p: number, r: number): Int32Array;
+  convGeometry(spec: NativeLayerSpec, height: number, width: number): NativeConvGeometry;
+  backends(): NativeBackendInfo[];
+  /** Live native layers and the bytes they own, for leak tests. */
+  liveObjects(): { layers: number; bytes: number };
+}

@@ -69,32 +69,64 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   const int64_t sh = spec.strideH, sw = spec.strideW, dh = spec.dilationH, dw = spec.dilationW;
   const int64_t p0 = spec.fanIn, p = spec.p(), size = p * k;
   const int64_t height = input.height, width = input.width;
-  // The padded extent the output positions actually read.
+  // The padded extent the output positions actually read; images are padded one at a time into a
+  // small buffer (at most (1 + 2·pad/H)² the input size, never the kh·kw-fold patch matrix).
   const int64_t hp = (g.outH - 1) * sh + (kh - 1) * dh + 1;
   const int64_t wp = (g.outW - 1) * sw + (kw - 1) * dw + 1;
-  // Without leading padding and with full-width rows, an image can be read in place.
-  const bool inPlace = g.padTop == 0 && g.padLeft == 0 && wp == width && hp <= height;
+  const int64_t pixels = hp * wp, imageSize = height * width * ch;
+  const bool inPlace = g.padTop == 0 && g.padLeft == 0 && wp == width && hp == height;
 
-  // Row groups over the padded image.  Equal strides: one group of all output rows laid out with the
-  // padded width as row period, pixel(oh, ow) = s·(oh·wp + ow) + offset(a, b); the rows with
-  // ow >= outW are junk, computed and then zeroed.  Unequal strides: one group per output row.
-  struct Group {
-    int64_t startPixel, rows, pixelStride;
-  };
-  std::vector<Group> groups;
-  const bool fused = sh == sw;
-  if (fused) {
-    groups.push_back({0, (g.outH - 1) * wp + g.outW, sh});
-  } else {
-    for (int64_t oh = 0; oh < g.outH; ++oh) groups.push_back({oh * sh * wp, g.outW, sw});
+  // Output position (oh, ow) of an image reads tap (a, b) at padded pixel
+  // (oh·sh + a·dh)·wp + ow·sw + b·dw.  With sh == sw == s this is s·(oh·wp + ow) + offset(a, b): the
+  // output positions form a "grid" of row period wp whose rows with ow >= outW are junk (computed,
+  // then zeroed).  With unit strides the grids of consecutive padded images also line up
+  // (row g of image i is row i·pixels + g), so several images could form one tall product; measured,
+  // one image per pass is fastest (its working set stays in L2), so imagesPerPass is 1.
+  const bool unitStride = sh == 1 && sw == 1;
+  const bool equalStride = sh == sw;
+  const int64_t gridRows = (g.outH - 1) * wp + g.outW;
+  // Measured on ResNet-32 shapes (bench/core.js): with unit strides, batching all kh·kw taps into
+  // one product each way wins once a kernel row is wide (kw·ch >= 128); below that, one strided
+  // view per kernel row (kw·ch contiguous floats when dw == 1) is faster.
+  const bool allTaps = unitStride && kw * ch >= 128;
+  const int64_t taps = kh * kw;
+  const int64_t tapsPerView = dw == 1 ? kw : 1;
+  const int64_t viewCols = tapsPerView * ch;
+  std::vector<int64_t> tapOffset(static_cast<size_t>(taps));
+  for (int64_t a = 0; a < kh; ++a)
+    for (int64_t bb = 0; bb < kw; ++bb) tapOffset[a * kw + bb] = a * dh * wp + bb * dw;
+  RowMatrixF sAll;  // ch x taps·k: sAll[c, tap·k + j] = S[tap·ch + c, j]
+  if (allTaps) {
+    sAll.resize(ch, taps * k);
+    for (int64_t tap = 0; tap < taps; ++tap) sAll.middleCols(tap * k, k) = ConstRows(sketch + tap * ch * k, ch, k);
   }
-  const int64_t maxGroupRows = fused ? groups[0].rows : g.outW;
 
-  const int64_t imagesPerChunk = std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(1, g.outH * g.outW));
-  const int64_t chunks = chunkCount(input.batch, imagesPerChunk, 16);
+  // At least 8 chunks when the batch allows (both cores busy), each ~16k output positions.
+  const int64_t perImage = g.outH * g.outW;
+  const int64_t imagesPerChunk = std::max<int64_t>(
+      1, std::min<int64_t>((1 << 14) / std::max<int64_t>(1, perImage), (input.batch + 7) / 8));
+  const int64_t chunks = chunkCount(input.batch, imagesPerChunk, 64);
   const int64_t perChunk = (input.batch + chunks - 1) / chunks;
   std::vector<float> partials(static_cast<size_t>(chunks * size), 0.0f);
-  const int64_t imageSize = height * width * ch;
+
+  auto padImage = [&](const float* image, float* dst) {
+    for (int64_t i = 0; i < hp; ++i) {
+      const int64_t hi = i - g.padTop;
+      float* row = dst + i * wp * ch;
+      if (hi < 0 || hi >= height) {
+        std::fill(row, row + wp * ch, 0.0f);
+        continue;
+      }
+      for (int64_t j = 0; j < wp; ++j) {
+        const int64_t wi = j - g.padLeft;
+        if (wi < 0 || wi >= width) {
+          std::fill(row + j * ch, row + (j + 1) * ch, 0.0f);
+        } else {
+          std::copy(image + (hi * width + wi) * ch, image + (hi * width + wi + 1) * ch, row + j * ch);
+        }
+      }
+    }
+  };
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {
@@ -102,58 +134,76 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     const int64_t b1 = std::min(input.batch, b0 + perChunk);
     if (b1 <= b0) continue;
     MutableRows part(partials.data() + c * size, p, k);
-    std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(hp * wp * ch));
-    RowMatrixF z(maxGroupRows, k);
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* image = x + b * imageSize;
-      const float* source = image;
+    // Images handled by one pass: the whole chunk with unit strides, else one image.
+    const int64_t imagesPerPass = 1;
+    const int64_t rows = (imagesPerPass - 1) * pixels + (equalStride ? gridRows : g.outW);
+    std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(imagesPerPass * pixels * ch));
+    RowMatrixF z(rows, k), t, zShift;
+    if (allTaps) {
+      t.resize(imagesPerPass * pixels, taps * k);
+      zShift.resize(imagesPerPass * pixels, taps * k);
+    }
+    RowMatrixF cAll = allTaps ? RowMatrixF::Zero(ch, taps * k) : RowMatrixF();
+
+    auto zeroJunkRows = [&](Eigen::Ref<RowMatrixF> zg) {
+      if (!equalStride) return;
+      for (int64_t row = 0; row < zg.rows(); ++row) {
+        const int64_t local = row % pixels;
+        if (local >= gridRows || local % wp >= g.outW) zg.row(row).setZero();
+      }
+    };
+    auto initialiseZ = [&](Eigen::Ref<RowMatrixF> zg) {
+      if (spec.bias) {
+        zg = ConstRows(sketch + p0 * k, 1, k).replicate(zg.rows(), 1);
+      } else {
+        zg.setZero();
+      }
+    };
+
+    for (int64_t b = b0; b < b1; b += imagesPerPass) {
+      const float* source = x + b * imageSize;
       if (!inPlace) {
-        for (int64_t i = 0; i < hp; ++i) {
-          const int64_t hi = i - g.padTop;
-          float* dst = padded.data() + i * wp * ch;
-          if (hi < 0 || hi >= height) {
-            std::fill(dst, dst + wp * ch, 0.0f);
-            continue;
-          }
-          for (int64_t j = 0; j < wp; ++j) {
-            const int64_t wi = j - g.padLeft;
-            if (wi < 0 || wi >= width) {
-              std::fill(dst + j * ch, dst + (j + 1) * ch, 0.0f);
-            } else {
-              std::copy(image + (hi * width + wi) * ch, image + (hi * width + wi + 1) * ch, dst + j * ch);
-            }
-          }
-        }
+        for (int64_t i = 0; i < imagesPerPass; ++i) padImage(x + (b + i) * imageSize, padded.data() + i * pixels * ch);
         source = padded.data();
       }
-      for (const Group& grp : groups) {
-        auto zg = z.topRows(grp.rows);
-        auto patchColumns = [&](int64_t a, int64_t bb) {
-          const int64_t offset = grp.startPixel + a * dh * wp + bb * dw;
-          return ConstStridedRows(source + offset * ch, grp.rows, ch, Eigen::OuterStride<>(grp.pixelStride * ch));
+      if (allTaps) {
+        // T = I S_all; Z[g] = Σ_tap T[g + off_tap, tap]; C_all += Iᵀ Zshift, Zshift[g + off_tap, tap] = Z[g].
+        const ConstRows image2d(source, imagesPerPass * pixels, ch);
+        t.noalias() = image2d * sAll;
+        initialiseZ(z);
+        for (int64_t tap = 0; tap < taps; ++tap) z += t.block(tapOffset[tap], tap * k, rows, k);
+        zeroJunkRows(z);
+        zShift.setZero();
+        for (int64_t tap = 0; tap < taps; ++tap) zShift.block(tapOffset[tap], tap * k, rows, k) = z;
+        cAll.noalias() += image2d.transpose() * zShift;
+        if (spec.bias) part.row(p0) += z.colwise().sum();
+        continue;
+      }
+      // One pass per group of output rows: all of them when strides are equal, else one output row.
+      const int64_t groups = equalStride ? 1 : g.outH;
+      for (int64_t grp = 0; grp < groups; ++grp) {
+        const int64_t startPixel = equalStride ? 0 : grp * sh * wp;
+        const int64_t pixelStride = equalStride ? sh : sw;
+        auto view = [&](int64_t a, int64_t bb) {
+          const int64_t offset = startPixel + a * dh * wp + bb * dw;
+          return ConstStridedRows(source + offset * ch, rows, viewCols, Eigen::OuterStride<>(pixelStride * ch));
         };
-        // Z = X S, one kernel tap at a time.
-        if (spec.bias) {
-          zg = ConstRows(sketch + p0 * k, 1, k).replicate(grp.rows, 1);
-        } else {
-          zg.setZero();
-        }
+        initialiseZ(z);
         for (int64_t a = 0; a < kh; ++a)
-          for (int64_t bb = 0; bb < kw; ++bb)
-            zg.noalias() += patchColumns(a, bb) * ConstRows(sketch + (a * kw + bb) * ch * k, ch, k);
-        if (fused && wp > g.outW) {
-          for (int64_t row = 0; row < grp.rows; ++row)
-            if (row % wp >= g.outW) zg.row(row).setZero();
-        }
-        // C += Xᵀ Z, one kernel tap at a time.
+          for (int64_t bb = 0; bb < kw; bb += tapsPerView)
+            z.noalias() += view(a, bb) * ConstRows(sketch + (a * kw + bb) * ch * k, viewCols, k);
+        zeroJunkRows(z);
         for (int64_t a = 0; a < kh; ++a)
-          for (int64_t bb = 0; bb < kw; ++bb)
-            part.middleRows((a * kw + bb) * ch, ch).noalias() += patchColumns(a, bb).transpose() * zg;
-        if (spec.bias) part.row(p0) += zg.colwise().sum();
+          for (int64_t bb = 0; bb < kw; bb += tapsPerView)
+            part.middleRows((a * kw + bb) * ch, viewCols).noalias() += view(a, bb).transpose() * z;
+        if (spec.bias) part.row(p0) += z.colwise().sum();
       }
     }
+    if (allTaps) {
+      for (int64_t tap = 0; tap < taps; ++tap) part.middleRows(tap * ch, ch) += cAll.middleCols(tap * k, k);
+    }
   }
-  reducePartials(partials, chunks, size, static_cast<double>(input.batch * g.outH * g.outW), covariance);
+  reducePartials(partials, chunks, size, static_cast<double>(input.batch * perImage), covariance);
 }
 
 bool allFinite(const float* x, int64_t n) {

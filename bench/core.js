@@ -252,7 +252,7 @@ function main() {
   const row = (label, ours, theirs) =>
     console.log(`${label.padEnd(26)}${ours.padStart(12)}${(theirs ?? '—').padStart(14)}${
       ref && theirs ? `${(parseFloat(theirs) / parseFloat(ours)).toFixed(1).padStart(9)}×` : ''}`);
-  console.log(`\n${'(ResNet-32, batch ' + B + ')'.padEnd(10)}`);
+  console.log(`\nResNet-32 layer shapes, batch ${B}, rank ${opts.rank}, tcov ${opts.tcov}, tinv ${opts.tinv}, ${native.threads()} threads`);
   console.log(`${''.padEnd(26)}${'nysact'.padStart(12)}${'torch ref'.padStart(14)}${'speedup'.padStart(10)}`);
   row('statistics step', ms(stats.median), ref && ms(ref.stats_step_s));
   row('inverse step', ms(inverse.median), ref && ms(ref.inverse_step_s));

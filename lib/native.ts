@@ -105,9 +105,10 @@ export interface NativeLayer {
   exportState(): NativeLayerState;
   importState(state: NativeLayerState): void;
   stateBytes(): number;
-  /** Idempotent. Any later call throws an Error with code ERR_NYSACT_DISPOSED. */
+  /** Idempotent. Any later call (but isDisposed) throws an Error with code ERR_NYSACT_DISPOSED. */
   dispose(): void;
-  readonly disposed: boolean;
+  /** A method, not an accessor: node-addon-api cannot give a wrong-`this` accessor call a coded error. */
+  isDisposed(): boolean;
 }
 
 export interface NativeBackendInfo {

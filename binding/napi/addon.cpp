@@ -44,7 +44,7 @@ auto translateErrors(Napi::Env env, F&& f) -> decltype(f()) {
   } catch (const Error& e) {
     throw withCode(Napi::Error::New(env, e.what()), e.code());
   } catch (const std::bad_alloc&) {
-    throw withCode(Napi::RangeError::New(env, "Out of memory in the native backend"), "ERR_NYSACT_OUT_OF_MEMORY");
+    throw withCode(Napi::RangeError::New(env, "Out of memory in the native backend"), "ERR_NYSACT_NATIVE");
   } catch (const std::exception& e) {
     throw withCode(Napi::Error::New(env, e.what()), "ERR_NYSACT_NATIVE");
   }
@@ -220,7 +220,7 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
                            InstanceMethod<&LayerWrap::Call<&LayerWrap::Import>>("importState"),
                            InstanceMethod<&LayerWrap::Call<&LayerWrap::StateBytes>>("stateBytes"),
                            InstanceMethod<&LayerWrap::Call<&LayerWrap::Dispose>>("dispose"),
-                           InstanceAccessor<&LayerWrap::Call<&LayerWrap::Disposed>>("disposed"),
+                           InstanceMethod<&LayerWrap::Call<&LayerWrap::Disposed>>("isDisposed"),
                        });
   }
 

@@ -1,0 +1,828 @@
+/**
+ * The framework-free NysAct optimizer (SPEC §1). It owns one native layer per registered layer,
+ * validates every call completely before touching native state (a failed call changes nothing),
+ * and drives the schedule: statistics every `tcov` steps, factors every `tinv` steps, the fused
+ * preconditioned momentum step every step.
+ */
+import { ErrorCodes, NysActError, callNative, fromNative, invalidCall, invalidRange, invalidType } from './errors.js';
+import { loadNative } from './loader.js';
+import type { NativeBinding, NativeLayer, NativeLayerSpec } from './native.js';
+import {
+  OPTION_KEYS,
+  layerGeometry,
+  nativeLayerSpec,
+  resolveConv2dOptions,
+  resolveDenseOptions,
+  resolveOptions,
+  resolveParamOptions,
+  validateDamping,
+  validateLayerName,
+  validateLr,
+  validateMomentum,
+  validateWeightDecay,
+  type Conv2dOptions,
+  type DenseOptions,
+  type LayerGeometry,
+  type LayerSpec,
+  type NysActOptions,
+  type ParamOptions,
+  type ResolvedNysActOptions,
+} from './options.js';
+import {
+  STATE_FORMAT,
+  STATE_VERSION,
+  decodeState,
+  encodeState,
+  stateError,
+  validateLayerState,
+  type LayerState,
+  type NysActState,
+} from './state.js';
+import { assertFloat32Array, assertKnownKeys, assertObject, isObject } from './validate.js';
+
+/** Options of {@link NysAct.observe}. */
+export interface ObserveOptions {
+  /**
+   * An explicit sketch instead of the Philox draw (tests, comparisons with the reference):
+   * gaussian layers take a `Float32Array` of p·r values (p × r row-major, bias row last),
+   * subcolumn layers an `Int32Array` of r distinct column indices in [0, p). Full-covariance
+   * layers (r == p) take none.
+   */
+  sketch?: Float32Array | Int32Array;
+}
+
+/** The parameters and gradients of one layer for {@link NysAct.step}, updated in place. */
+export interface LayerUpdate {
+  /** The weight (dense `[in, out]` or `[out, in]` per layout; conv `[kh, kw, inC, outC]`; plain: `size`). */
+  weight: Float32Array;
+  /** The gradient of the weight, same layout and length. */
+  grad: Float32Array;
+  /** The bias (length = fan-out), present iff the layer has a bias. */
+  bias?: Float32Array;
+  /** The gradient of the bias, present iff the layer has a bias. */
+  biasGrad?: Float32Array;
+}
+
+/** Why a factorisation did not go as SPEC §1 step 2 describes. */
+export type FallbackStatus = 'shift-enlarged' | 'kept-previous' | 'identity';
+
+/** One layer whose preconditioner rebuild needed a fallback. */
+export interface FallbackInfo {
+  /** Layer name. */
+  layer: string;
+  /** `'shift-enlarged'`: Cholesky needed a larger shift; `'kept-previous'`: the old factors stay;
+   * `'identity'`: no factors yet, P = I/ρ. */
+  status: FallbackStatus;
+  /** The shift finally used. */
+  shift: number;
+  /** Cholesky attempts. */
+  attempts: number;
+  /** Native explanation. */
+  detail: string;
+}
+
+/** What {@link NysAct.step} did. */
+export interface StepResult {
+  /** The step counter t this call executed (or, when skipped, attempted). */
+  iteration: number;
+  /** True when the step was skipped for non-finite values (`nonFinite: 'skip'`); nothing changed. */
+  skipped: boolean;
+  /** Why the step was skipped; null otherwise. */
+  reason: string | null;
+  /** Whether statistics were committed (t % tcov === 0 and not skipped). */
+  statistics: boolean;
+  /** Whether the preconditioners were rebuilt (t % tinv === 0 and not skipped). */
+  inverse: boolean;
+  /** Layers whose rebuild needed a fallback (empty when all went as SPEC §1 says). */
+  fallbacks: FallbackInfo[];
+}
+
+/** A copy of one layer's native state plus its sizes. */
+export interface LayerStateInfo extends LayerState {
+  /** p = fan-in + bias (0 for plain parameters). */
+  p: number;
+  /** r = min(rank, p) (0 for plain parameters). */
+  r: number;
+  /** r == p: full covariance, no sketch. */
+  fullCovariance: boolean;
+}
+
+interface LayerRecord {
+  readonly name: string;
+  readonly spec: Readonly<LayerSpec>;
+  readonly geometry: LayerGeometry;
+  readonly nativeSpec: NativeLayerSpec;
+  readonly native: NativeLayer;
+}
+
+const FALLBACK_STATUS: Record<number, FallbackStatus> = { 1: 'shift-enlarged', 2: 'kept-previous', 3: 'identity' };
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * NysAct: momentum SGD preconditioned by a Nyström approximation of each layer's activation
+ * covariance (SPEC §1), on a native backend.
+ *
+ * @example
+ * const opt = new NysAct({ lr: 0.05 });
+ * opt.addDense('fc1', { inFeatures: 784, outFeatures: 256 });
+ * // each training step:
+ * if (opt.needsActivations) opt.observe('fc1', x, [batch, 784]);
+ * opt.step({ fc1: { weight, grad, bias, biasGrad } });
+ */
+export class NysAct {
+  readonly #native: NativeBinding;
+  readonly #options: ResolvedNysActOptions;
+  readonly #seed: bigint;
+  readonly #backend: 'cpu' | 'cuda';
+  readonly #layers = new Map<string, LayerRecord>();
+  #iteration = 0;
+  #frozen = false;
+  #disposed = false;
+  /** Layers whose last activations were non-finite (only with nonFinite 'skip'). */
+  readonly #nonFiniteActivations = new Map<string, string>();
+
+  /**
+   * @param options hyperparameters; every field optional (SPEC §1 reference defaults).
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a bad or unknown option.
+   * @throws {NysActError} `ERR_NYSACT_BACKEND_UNAVAILABLE` when `backend: 'cuda'` cannot be used;
+   *   `ERR_NYSACT_LOAD` when the native addon does not load.
+   */
+  constructor(options?: NysActOptions) {
+    const { seedBig, ...resolved } = resolveOptions(options);
+    this.#options = resolved;
+    this.#seed = seedBig;
+    this.#native = loadNative();
+    this.#backend = NysAct.#chooseBackend(this.#native, resolved.backend);
+  }
+
+  static #chooseBackend(native: NativeBinding, request: ResolvedNysActOptions['backend']): 'cpu' | 'cuda' {
+    const backends = callNative(() => native.backends());
+    const cuda = backends.find((b) => b.name === 'cuda');
+    if (request === 'cpu') return 'cpu';
+    if (cuda?.available) return 'cuda';
+    if (request === 'auto') return 'cpu';
+    const why =
+      cuda === undefined
+        ? 'this build has no CUDA backend yet'
+        : `the CUDA backend is not available on this machine${cuda.reason ? ` (${cuda.reason})` : ''}`;
+    throw new NysActError(ErrorCodes.BACKEND_UNAVAILABLE, `Cannot use backend 'cuda': ${why}; use 'cpu' or 'auto'`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Configuration and schedule
+
+  /** The backend in use: `'cpu'` or `'cuda'`. */
+  get backend(): 'cpu' | 'cuda' {
+    return this.#backend;
+  }
+
+  /** A copy of the resolved options, with the current values of the mutable hyperparameters. */
+  get options(): ResolvedNysActOptions {
+    return { ...this.#options };
+  }
+
+  /** The step counter t of the next step (starts at 0; skipped steps do not count). */
+  get iteration(): number {
+    return this.#iteration;
+  }
+
+  /** True when the next step is a statistics step (t % tcov === 0): call `observe` for every layer. */
+  get needsActivations(): boolean {
+    return this.#iteration % this.#options.tcov === 0;
+  }
+
+  /** True when the next step rebuilds the preconditioners (t % tinv === 0). */
+  get isInverseStep(): boolean {
+    return this.#iteration % this.#options.tinv === 0;
+  }
+
+  /** Registered layer and parameter names, in registration order. */
+  get layers(): string[] {
+    return [...this.#layers.keys()];
+  }
+
+  /** Whether {@link dispose} was called. */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Learning rate (validated; change it between steps for schedules). */
+  get lr(): number {
+    return this.#options.lr;
+  }
+
+  set lr(value: number) {
+    this.#checkDisposed();
+    this.#options.lr = validateLr(value);
+  }
+
+  /** Momentum μ in [0, 1). */
+  get momentum(): number {
+    return this.#options.momentum;
+  }
+
+  set momentum(value: number) {
+    this.#checkDisposed();
+    this.#options.momentum = validateMomentum(value);
+  }
+
+  /** Weight decay >= 0. */
+  get weightDecay(): number {
+    return this.#options.weightDecay;
+  }
+
+  set weightDecay(value: number) {
+    this.#checkDisposed();
+    this.#options.weightDecay = validateWeightDecay(value);
+  }
+
+  /** Damping ρ > 0 (used by the next preconditioner rebuild). */
+  get damping(): number {
+    return this.#options.damping;
+  }
+
+  set damping(value: number) {
+    this.#checkDisposed();
+    this.#options.damping = validateDamping(value);
+  }
+
+  /** Bytes of native state held by all layers. */
+  get stateBytes(): number {
+    this.#checkDisposed();
+    let total = 0;
+    for (const rec of this.#layers.values()) total += callNative(() => rec.native.stateBytes());
+    return total;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Layers
+
+  /**
+   * Registers a dense layer. Weight `[inFeatures, outFeatures]` (`layout: 'inOut'`, tfjs) or
+   * `[outFeatures, inFeatures]` (`'outIn'`, PyTorch); bias `[outFeatures]`.
+   *
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad options or a duplicate name.
+   * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
+   */
+  addDense(name: string, options: DenseOptions): void {
+    this.#checkCanAdd(name);
+    this.#addLayer(name, resolveDenseOptions(options, this.#options));
+  }
+
+  /**
+   * Registers a 2-D convolution (tfjs conventions: input NHWC, kernel `[kh, kw, inC, outC]`,
+   * TensorFlow 'valid' / 'same' padding). fan-in = kh·kw·inChannels, fan-out = outChannels.
+   *
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad options or a duplicate name.
+   * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
+   */
+  addConv2d(name: string, options: Conv2dOptions): void {
+    this.#checkCanAdd(name);
+    this.#addLayer(name, resolveConv2dOptions(options, this.#options));
+  }
+
+  /**
+   * Registers a parameter updated with plain momentum SGD and weight decay (SPEC §1 step 4):
+   * norms, embeddings, anything without a preconditioner.
+   *
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad options or a duplicate name.
+   * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
+   */
+  addParam(name: string, options: ParamOptions): void {
+    this.#checkCanAdd(name);
+    this.#addLayer(name, resolveParamOptions(options));
+  }
+
+  #checkCanAdd(name: unknown): asserts name is string {
+    this.#checkDisposed();
+    name = validateLayerName(name);
+    if (this.#layers.has(name as string)) {
+      throw invalidRange('a name that is not registered yet', 'name', name, `a layer named ${JSON.stringify(name)} already exists`);
+    }
+    if (this.#frozen) {
+      throw invalidCall(
+        `Layers can only be added before the first step (or setState); cannot add ${JSON.stringify(name)} at iteration ${this.#iteration}`,
+      );
+    }
+  }
+
+  #addLayer(name: string, spec: LayerSpec): void {
+    const nativeSpec = nativeLayerSpec(name, spec, this.#seed);
+    const native = callNative(() => new this.#native.Layer(nativeSpec, this.#backend), `creating layer ${JSON.stringify(name)}`);
+    this.#layers.set(name, { name, spec: deepFreeze(spec), geometry: layerGeometry(spec), nativeSpec, native });
+  }
+
+  #layer(name: unknown, argName = 'name'): LayerRecord {
+    const rec = this.#layers.get(validateLayerName(name, argName));
+    if (rec === undefined) {
+      throw invalidRange(`a registered layer name (one of ${this.layers.join(', ') || 'none yet'})`, argName, name);
+    }
+    return rec;
+  }
+
+  #preconditioned(name: unknown, argName = 'name'): LayerRecord {
+    const rec = this.#layer(name, argName);
+    if (!rec.geometry.preconditioned) {
+      throw invalidRange('the name of a dense or conv2d layer', argName, name, `${JSON.stringify(name)} is a plain parameter (addParam) and has no statistics`);
+    }
+    return rec;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Statistics
+
+  /**
+   * Feeds one layer's input activations on a statistics step (see {@link needsActivations}):
+   * computes C = Xᵀ(X S)/n for the layer (SPEC §1 step 1) into a pending slot that the next
+   * {@link step} commits. Observing a layer again in the same step replaces its pending statistics.
+   *
+   * @param name a dense or conv2d layer
+   * @param activations the layer input, row-major: dense `[n, inFeatures]` or
+   *   `[batch, tokens, inFeatures]`; conv NHWC `[batch, height, width, inChannels]`
+   * @param shape the shape of `activations`
+   * @param options an explicit sketch (see {@link ObserveOptions})
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad arguments.
+   * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` when not on a statistics step;
+   *   `ERR_NYSACT_NON_FINITE` for NaN/Infinity in `activations` with `nonFinite: 'throw'` (with
+   *   `'skip'` the next step is skipped instead).
+   */
+  observe(name: string, activations: Float32Array, shape: readonly number[], options?: ObserveOptions): void {
+    this.#checkDisposed();
+    const rec = this.#preconditioned(name);
+    if (!this.needsActivations) {
+      throw invalidCall(
+        `Activations are only taken on statistics steps (iteration % tcov === 0, see needsActivations); ` +
+          `iteration ${this.#iteration} is not one (tcov ${this.#options.tcov}), so observe(${JSON.stringify(name)}) is not allowed now`,
+      );
+    }
+    const data = assertFloat32Array(activations, 'activations');
+    const dims = this.#checkShape(rec, shape);
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (data.length !== count) {
+      throw invalidRange(`a Float32Array of length ${count} (the product of shape [${dims.join(', ')}])`, 'activations', data);
+    }
+    const sketch = this.#checkSketch(rec, options);
+
+    if (!callNative(() => this.#native.allFinite(data))) {
+      this.#onNonFiniteActivations(rec);
+      return;
+    }
+    const ok = callNative(
+      () =>
+        rec.spec.kind === 'dense'
+          ? rec.native.sketchCovarianceDense(data, count / rec.geometry.p0, sketch)
+          : rec.native.sketchCovarianceConv(data, dims[0], dims[1], dims[2], sketch),
+      `observe(${JSON.stringify(name)})`,
+    );
+    if (!ok) {
+      this.#onNonFiniteActivations(rec);
+      return;
+    }
+    this.#nonFiniteActivations.delete(rec.name);
+  }
+
+  #onNonFiniteActivations(rec: LayerRecord): void {
+    const reason = `non-finite activations for layer ${JSON.stringify(rec.name)}`;
+    if (this.#options.nonFinite === 'throw') {
+      throw new NysActError(
+        ErrorCodes.NON_FINITE,
+        `Expected finite values for activations of layer ${JSON.stringify(rec.name)} but received NaN or Infinity; ` +
+          `nothing was stored (use nonFinite: 'skip' to skip such steps)`,
+      );
+    }
+    this.#nonFiniteActivations.set(rec.name, reason);
+  }
+
+  #checkShape(rec: LayerRecord, shape: unknown): number[] {
+    if (!Array.isArray(shape)) throw invalidType('an array of positive integers', 'shape', shape);
+    const dims = shape.map((d: unknown, i: number) => {
+      if (typeof d !== 'number') throw invalidType('a positive integer', `shape[${i}]`, d);
+      if (!Number.isSafeInteger(d) || d < 1) throw invalidRange('a positive integer', `shape[${i}]`, d);
+      return d;
+    });
+    const text = `[${dims.join(', ')}]`;
+    const spec = rec.spec;
+    if (spec.kind === 'dense') {
+      if (dims.length !== 2 && dims.length !== 3) {
+        throw invalidRange('a shape [rows, inFeatures] or [batch, tokens, inFeatures]', 'shape', shape, `shape is ${text}`);
+      }
+      const last = dims.length - 1;
+      if (dims[last] !== spec.inFeatures) {
+        throw invalidRange(`inFeatures (${spec.inFeatures}) of layer ${JSON.stringify(rec.name)}`, `shape[${last}]`, dims[last]);
+      }
+      return dims;
+    }
+    if (spec.kind === 'conv2d') {
+      if (dims.length !== 4) {
+        throw invalidRange('a shape [batch, height, width, inChannels] (NHWC)', 'shape', shape, `shape is ${text}`);
+      }
+      if (dims[3] !== spec.inChannels) {
+        throw invalidRange(`inChannels (${spec.inChannels}) of layer ${JSON.stringify(rec.name)}`, 'shape[3]', dims[3]);
+      }
+      const geometry = callNative(() => this.#native.convGeometry(rec.nativeSpec, dims[1], dims[2]), 'convGeometry');
+      if (!(geometry.outH >= 1 && geometry.outW >= 1)) {
+        throw invalidRange(
+          'a height and width giving an output of at least 1x1',
+          'shape',
+          shape,
+          `shape ${text} gives ${geometry.outH}x${geometry.outW} with kernelSize [${spec.kernelSize.join(', ')}], ` +
+            `strides [${spec.strides.join(', ')}], dilation [${spec.dilation.join(', ')}], padding '${spec.padding}'`,
+        );
+      }
+      return dims;
+    }
+    /* c8 ignore next */
+    throw invalidCall('unreachable: plain parameters take no activations');
+  }
+
+  #checkSketch(rec: LayerRecord, options: unknown): Float32Array | Int32Array | null {
+    if (options === undefined) return null;
+    assertObject(options, 'options');
+    assertKnownKeys(options, ['sketch'], 'options');
+    const sketch = options.sketch;
+    if (sketch === undefined) return null;
+    const { p, r, fullCovariance } = rec.geometry;
+    if (fullCovariance) {
+      throw invalidType(
+        'no sketch',
+        'options.sketch',
+        sketch,
+        `layer ${JSON.stringify(rec.name)} keeps the full covariance (r == p == ${p})`,
+      );
+    }
+    const spec = rec.spec as Exclude<LayerSpec, { kind: 'param' }>;
+    if (spec.sketch === 'gaussian') {
+      const s = assertFloat32Array(sketch, 'options.sketch', p * r);
+      if (!callNative(() => this.#native.allFinite(s))) {
+        throw invalidRange('finite values', 'options.sketch', sketch, 'it contains NaN or Infinity');
+      }
+      return s;
+    }
+    if (!(sketch instanceof Int32Array)) {
+      throw invalidType(`an Int32Array of ${r} column indices (layer ${JSON.stringify(rec.name)} uses subcolumns)`, 'options.sketch', sketch);
+    }
+    if (sketch.length !== r) throw invalidRange(`an Int32Array of length ${r}`, 'options.sketch', sketch);
+    const seen = new Set<number>();
+    for (let j = 0; j < r; j++) {
+      const v = sketch[j];
+      if (v < 0 || v >= p) throw invalidRange(`a column index in [0, ${p})`, `options.sketch[${j}]`, v);
+      if (seen.has(v)) throw invalidRange('distinct column indices', `options.sketch[${j}]`, v, `${v} appears twice`);
+      seen.add(v);
+    }
+    return sketch;
+  }
+
+  /**
+   * The pending covariance C of a layer (p × r row-major; full covariance: p × p), after
+   * {@link observe} and before {@link step}. Data parallel: average C across workers here, then
+   * write it back with {@link setPendingCovariance} (all workers draw the same sketch).
+   *
+   * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` when the layer has no pending statistics.
+   */
+  pendingCovariance(name: string): Float32Array {
+    this.#checkDisposed();
+    const rec = this.#checkPending(name);
+    return callNative(() => rec.native.readPendingCovariance(), `pendingCovariance(${JSON.stringify(name)})`);
+  }
+
+  /**
+   * Replaces the pending covariance of a layer, e.g. with the average across data-parallel
+   * workers (average C across workers here).
+   *
+   * @param c p·r finite values (full covariance: p·p)
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a bad array.
+   * @throws {NysActError} `ERR_NYSACT_NON_FINITE` for NaN/Infinity; `ERR_NYSACT_INVALID_ARGUMENT`
+   *   when the layer has no pending statistics.
+   */
+  setPendingCovariance(name: string, c: Float32Array): void {
+    this.#checkDisposed();
+    const rec = this.#checkPending(name);
+    const data = assertFloat32Array(c, 'c', rec.geometry.p * rec.geometry.r);
+    if (!callNative(() => this.#native.allFinite(data))) {
+      throw new NysActError(ErrorCodes.NON_FINITE, `Expected finite values for c but received NaN or Infinity`);
+    }
+    callNative(() => rec.native.writePendingCovariance(data), `setPendingCovariance(${JSON.stringify(name)})`);
+  }
+
+  #checkPending(name: unknown): LayerRecord {
+    const rec = this.#preconditioned(name);
+    if (!callNative(() => rec.native.hasPendingStatistics())) {
+      throw invalidCall(
+        `Layer ${JSON.stringify(rec.name)} has no pending statistics: call observe() on a statistics step (needsActivations) first`,
+      );
+    }
+    return rec;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Step
+
+  /**
+   * One optimizer step (SPEC §1): on statistics steps commits the observed statistics, on inverse
+   * steps rebuilds the preconditioners, then applies the fused preconditioned momentum update to
+   * every weight (and bias) in place. Every argument is validated before any state changes: a
+   * call that throws changes nothing.
+   *
+   * @param grads one entry per registered layer and parameter, keyed by name
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a missing, unknown or
+   *   malformed entry.
+   * @throws {NysActError} `ERR_NYSACT_MISSING_ACTIVATIONS` on a statistics step without
+   *   activations for a layer; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in a gradient with
+   *   `nonFinite: 'throw'`; `ERR_NYSACT_NATIVE` if the native update itself fails (then the
+   *   layers before the failing one may have been updated).
+   */
+  step(grads: Record<string, LayerUpdate>): StepResult {
+    this.#checkDisposed();
+    assertObject(grads, 'grads');
+    for (const key of Object.keys(grads)) {
+      if (!this.#layers.has(key)) {
+        throw invalidType(`a registered layer name (one of ${this.layers.join(', ') || 'none yet'})`, `grads.${key}`, grads[key], `unknown layer ${JSON.stringify(key)}`);
+      }
+    }
+    const updates: { rec: LayerRecord; weight: Float32Array; grad: Float32Array; bias: Float32Array | null; biasGrad: Float32Array | null }[] = [];
+    for (const rec of this.#layers.values()) {
+      const where = `grads.${rec.name}`;
+      const entry = grads[rec.name];
+      if (!isObject(entry)) {
+        throw invalidType(`an object { weight, grad${rec.geometry.biasSize ? ', bias, biasGrad' : ''} }`, where, entry);
+      }
+      assertKnownKeys(entry, ['weight', 'grad', 'bias', 'biasGrad'], where, 'field');
+      const { weightSize, biasSize } = rec.geometry;
+      const weight = assertFloat32Array(entry.weight, `${where}.weight`, weightSize);
+      const grad = assertFloat32Array(entry.grad, `${where}.grad`, weightSize);
+      let bias: Float32Array | null = null;
+      let biasGrad: Float32Array | null = null;
+      if (biasSize > 0) {
+        bias = assertFloat32Array(entry.bias, `${where}.bias`, biasSize);
+        biasGrad = assertFloat32Array(entry.biasGrad, `${where}.biasGrad`, biasSize);
+      } else {
+        for (const key of ['bias', 'biasGrad'] as const) {
+          if (entry[key] !== undefined) {
+            throw invalidType('undefined', `${where}.${key}`, entry[key], `${JSON.stringify(rec.name)} has no bias`);
+          }
+        }
+      }
+      updates.push({ rec, weight, grad, bias, biasGrad });
+    }
+
+    const t = this.#iteration;
+    const statistics = t % this.#options.tcov === 0;
+    const inverse = t % this.#options.tinv === 0;
+    if (statistics) {
+      for (const { rec } of updates) {
+        if (!rec.geometry.preconditioned || this.#nonFiniteActivations.has(rec.name)) continue;
+        if (!callNative(() => rec.native.hasPendingStatistics())) {
+          throw new NysActError(
+            ErrorCodes.MISSING_ACTIVATIONS,
+            `Missing activations for layer ${JSON.stringify(rec.name)} on statistics step ${t}: ` +
+              `call observe(${JSON.stringify(rec.name)}, ...) before step() whenever needsActivations is true`,
+          );
+        }
+      }
+    }
+
+    let reason: string | null = this.#nonFiniteActivations.values().next().value ?? null;
+    if (reason === null) {
+      for (const u of updates) {
+        for (const [key, arr] of [['grad', u.grad], ['biasGrad', u.biasGrad]] as const) {
+          if (arr === null || callNative(() => this.#native.allFinite(arr))) continue;
+          const field = `grads.${u.rec.name}.${key}`;
+          if (this.#options.nonFinite === 'throw') {
+            throw new NysActError(
+              ErrorCodes.NON_FINITE,
+              `Expected finite values for ${field} but received NaN or Infinity; the step was not applied ` +
+                `(use nonFinite: 'skip' to skip such steps)`,
+            );
+          }
+          reason = `non-finite gradient in ${field}`;
+          break;
+        }
+        if (reason !== null) break;
+      }
+    }
+    if (reason !== null) {
+      this.#discardPending();
+      return { iteration: t, skipped: true, reason, statistics: false, inverse: false, fallbacks: [] };
+    }
+
+    // Validation is complete; from here on native state changes.
+    this.#frozen = true;
+    const o = this.#options;
+    const scalars = new Float64Array([o.lr, o.momentum, o.weightDecay, o.nesterov ? 1 : 0, o.weightDecayMode === 'decoupled' ? 1 : 0]);
+    const variant = o.nystrom === 'reference' ? 0 : 1;
+    const fallbacks: FallbackInfo[] = [];
+    for (const { rec, weight, grad, bias, biasGrad } of updates) {
+      const context = `step ${t}, layer ${JSON.stringify(rec.name)}`;
+      try {
+        if (rec.geometry.preconditioned) {
+          if (statistics) rec.native.commitStatistics(o.statDecay);
+          if (inverse) {
+            const report = rec.native.nystromFactors(o.damping, variant);
+            if (report.status !== 0) {
+              fallbacks.push({
+                layer: rec.name,
+                status: FALLBACK_STATUS[report.status] ?? 'identity',
+                shift: report.shift,
+                attempts: report.attempts,
+                detail: report.detail,
+              });
+            }
+          }
+        }
+        rec.native.preconditionedMomentumStep(weight, bias, grad, biasGrad, scalars);
+      } catch (error) {
+        throw fromNative(error, context);
+      }
+    }
+    this.#iteration = t + 1;
+    return { iteration: t, skipped: false, reason: null, statistics, inverse, fallbacks };
+  }
+
+  #discardPending(): void {
+    for (const rec of this.#layers.values()) {
+      if (rec.geometry.preconditioned) callNative(() => rec.native.discardPendingStatistics());
+    }
+    this.#nonFiniteActivations.clear();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // State
+
+  /**
+   * A copy of one layer's native state (EMA, sketch, factors, momentum, counters) with its sizes.
+   */
+  layerState(name: string): LayerStateInfo {
+    this.#checkDisposed();
+    const rec = this.#layer(name);
+    const state = callNative(() => rec.native.exportState(), `layerState(${JSON.stringify(name)})`);
+    return { ...state, p: rec.geometry.p, r: rec.geometry.r, fullCovariance: rec.geometry.fullCovariance };
+  }
+
+  /** Everything needed to resume bit-exactly (copies). Pending statistics are not included. */
+  getState(): NysActState {
+    this.#checkDisposed();
+    const layers: NysActState['layers'] = {};
+    for (const rec of this.#layers.values()) {
+      const state = callNative(() => rec.native.exportState(), `getState: layer ${JSON.stringify(rec.name)}`);
+      layers[rec.name] = { spec: structuredClone(rec.spec) as LayerSpec, state };
+    }
+    return { format: STATE_FORMAT, version: STATE_VERSION, iteration: this.#iteration, options: this.options, layers };
+  }
+
+  /**
+   * Restores a state from {@link getState} (or {@link NysAct.deserializeState}). The state must
+   * describe exactly this optimizer's layers with the same specs and the same seed. Restores the
+   * iteration, every layer's native state and the mutable hyperparameters (lr, momentum,
+   * weightDecay, damping); other options stay this optimizer's. Pending statistics are dropped.
+   * Everything is validated first; on failure nothing changes.
+   *
+   * @throws {NysActError} `ERR_NYSACT_STATE` naming the offending field.
+   */
+  setState(state: NysActState): void {
+    this.#checkDisposed();
+    const checked = this.#validateState(state);
+    const backups = new Map<string, LayerState>();
+    for (const rec of this.#layers.values()) {
+      backups.set(rec.name, callNative(() => rec.native.exportState(), `setState: backing up ${JSON.stringify(rec.name)}`));
+    }
+    const touched: LayerRecord[] = [];
+    for (const rec of this.#layers.values()) {
+      touched.push(rec);
+      try {
+        rec.native.importState(checked.layers.get(rec.name) as LayerState);
+      } catch (error) {
+        for (const done of touched) {
+          try {
+            done.native.importState(backups.get(done.name) as LayerState);
+          } catch {
+            // best effort: the backup came from this very layer
+          }
+        }
+        const code = (error as { code?: unknown }).code;
+        if (code === ErrorCodes.STATE || code === ErrorCodes.INVALID_ARGUMENT) {
+          throw new NysActError(
+            ErrorCodes.STATE,
+            `Invalid state.layers.${rec.name}.state: ${(error as Error).message}`,
+            { cause: error },
+          );
+        }
+        throw fromNative(error, `setState: layer ${JSON.stringify(rec.name)}`);
+      }
+    }
+    this.#discardPending();
+    this.#iteration = checked.iteration;
+    this.#options.lr = checked.options.lr;
+    this.#options.momentum = checked.options.momentum;
+    this.#options.weightDecay = checked.options.weightDecay;
+    this.#options.damping = checked.options.damping;
+    this.#frozen = true;
+  }
+
+  #validateState(state: unknown): { iteration: number; options: ResolvedNysActOptions; layers: Map<string, LayerState> } {
+    if (!isObject(state)) throw stateError('an object', 'state', state);
+    if (state.format !== STATE_FORMAT) throw stateError(`'${STATE_FORMAT}'`, 'state.format', state.format);
+    if (state.version !== STATE_VERSION) throw stateError(String(STATE_VERSION), 'state.version', state.version);
+    const iteration = state.iteration;
+    if (typeof iteration !== 'number' || !Number.isSafeInteger(iteration) || iteration < 0) {
+      throw stateError('a non-negative safe integer', 'state.iteration', iteration);
+    }
+    const rawOptions = state.options;
+    if (!isObject(rawOptions)) throw stateError('an object', 'state.options', rawOptions);
+    for (const key of OPTION_KEYS) {
+      if (rawOptions[key] === undefined) throw stateError('a value', `state.options.${key}`, undefined);
+    }
+    let options: ReturnType<typeof resolveOptions>;
+    try {
+      options = resolveOptions(rawOptions, 'state.options');
+    } catch (error) {
+      throw new NysActError(ErrorCodes.STATE, (error as Error).message, { cause: error });
+    }
+    if (options.seedBig !== this.#seed) {
+      throw stateError(`${this.#options.seed} (this optimizer's seed; the sketches depend on it)`, 'state.options.seed', rawOptions.seed);
+    }
+    const rawLayers = state.layers;
+    if (!isObject(rawLayers)) throw stateError('an object', 'state.layers', rawLayers);
+    for (const key of Object.keys(rawLayers)) {
+      if (!this.#layers.has(key)) {
+        throw stateError(`only layers of this optimizer (${this.layers.join(', ') || 'none'})`, `state.layers.${key}`, rawLayers[key]);
+      }
+    }
+    const layers = new Map<string, LayerState>();
+    for (const rec of this.#layers.values()) {
+      const where = `state.layers.${rec.name}`;
+      const entry = rawLayers[rec.name];
+      if (!isObject(entry)) throw stateError('an object { spec, state }', where, entry);
+      if (!isObject(entry.spec)) throw stateError('an object', `${where}.spec`, entry.spec);
+      const spec = entry.spec;
+      for (const key of new Set([...Object.keys(rec.spec), ...Object.keys(spec)])) {
+        const expected = (rec.spec as Record<string, unknown>)[key];
+        if (!sameValue(spec[key], expected)) {
+          throw stateError(`${JSON.stringify(expected)} (this optimizer's layer spec)`, `${where}.spec.${key}`, spec[key]);
+        }
+      }
+      layers.set(rec.name, validateLayerState(entry.state, `${where}.state`, rec.spec, rec.geometry));
+    }
+    const { seedBig: _unused, ...resolved } = options;
+    void _unused;
+    return { iteration, options: resolved, layers };
+  }
+
+  /** The state in the lossless binary format of `lib/state.ts` (magic `NYSACT01`). */
+  serializeState(): Uint8Array {
+    return encodeState(this.getState());
+  }
+
+  /**
+   * Restores this optimizer from bytes written by {@link serializeState} (parse + {@link setState}).
+   *
+   * @throws {NysActError} `ERR_NYSACT_STATE` for malformed bytes or a state that does not fit.
+   */
+  deserializeState(bytes: Uint8Array): void {
+    this.#checkDisposed();
+    this.setState(decodeState(bytes));
+  }
+
+  /**
+   * Parses bytes written by {@link NysAct.serializeState} into a state object (no optimizer needed).
+   *
+   * @throws {NysActError} `ERR_NYSACT_STATE` for malformed bytes.
+   */
+  static deserializeState(bytes: Uint8Array): NysActState {
+    return decodeState(bytes);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Lifetime
+
+  /** Frees all native layers. Idempotent; any other call afterwards throws `ERR_NYSACT_DISPOSED`. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const rec of this.#layers.values()) {
+      try {
+        rec.native.dispose();
+      } catch {
+        // dispose is idempotent natively; nothing useful to report here
+      }
+    }
+    this.#layers.clear();
+    this.#nonFiniteActivations.clear();
+  }
+
+  #checkDisposed(): void {
+    if (this.#disposed) {
+      throw new NysActError(ErrorCodes.DISPOSED, 'This NysAct optimizer has been disposed');
+    }
+  }
+}

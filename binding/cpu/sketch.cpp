@@ -46,7 +46,7 @@ void sketchCovarianceDense(const float* x, int64_t rows, int64_t p0, bool bias, 
   std::vector<float> partials(static_cast<size_t>(chunks * size), 0.0f);
   const ConstRows sTop(sketch, p0, k);
 
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t r0 = c * perChunk;
     const int64_t m = std::min(rows, r0 + perChunk) - r0;
@@ -128,7 +128,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     }
   };
 
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t b0 = c * perChunk;
     const int64_t b1 = std::min(input.batch, b0 + perChunk);
@@ -208,7 +208,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
 
 bool allFinite(const float* x, int64_t n) {
   int bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static)
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n > (int64_t{1} << 20))
   for (int64_t i = 0; i < n; ++i) {
     // x − x is 0 for finite x and NaN for ±inf and NaN; this form vectorises (no -ffast-math here).
     bad |= !(x[i] - x[i] == 0.0f);

@@ -7,17 +7,8 @@
 //    for 1 and 2 threads.
 import t from 'tap';
 import { NysAct, nativeInfo, setThreads, loadNative, type LayerUpdate } from '../dist/cjs/index.js';
+import { mulberry32 } from './helpers';
 
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rand = mulberry32(12345);
 const randomArray = (n: number, scale = 1, offset = 0) => Float32Array.from({ length: n }, () => offset + (rand() * 2 - 1) * scale);
 const maxAbs = (a: ArrayLike<number>) => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i])); return m; };

@@ -219,3 +219,49 @@ t.test('Philox sketches', async (t) => {
   t.ok(Buffer.from(runs[0].buffer).equals(Buffer.from(runs[1].buffer)), 'weights bit-identical with 1 and 2 threads');
   t.equal(states[0], states[1], 'optimizer state bit-identical with 1 and 2 threads');
 });
+
+t.test('a failed factorisation keeps finite factors and reports it', async (t) => {
+  // Non-finite statistics can only reach the factorisation through a corrupted state import;
+  // that is how this test makes the eigensolver's input non-finite.
+  const native = loadNative();
+  const spec = {
+    kind: 0 as const, fanIn: 6, fanOut: 2, bias: true, rank: 3, sketch: 0 as const, layout: 0 as const,
+    kernelH: 1, kernelW: 1, inChannels: 0, strideH: 1, strideW: 1, dilationH: 1, dilationW: 1,
+    padding: 0 as const, size: 0, seedHi: 0, seedLo: 1, layerKey: 3,
+  };
+  const layer = new native.Layer(spec, 'cpu');
+  const bad = layer.exportState();
+  bad.ema = new Float32Array(7 * 3).fill(NaN);
+  bad.sketch = native.philoxGaussianSketch(0, 1, 3, 0, 7, 3);
+  bad.emaSteps = 1;
+  bad.decayProduct = 0.95;
+  layer.importState(bad);
+  const first = layer.nystromFactors(1.0, 0);
+  t.equal(first.status, 3, 'no previous factors: identity preconditioner');
+  t.match(first.detail, /not finite/);
+  const w = new Float32Array(12).fill(1), b = new Float32Array(2), g = new Float32Array(12).fill(0.5), gb = new Float32Array(2).fill(0.5);
+  layer.preconditionedMomentumStep(w, b, g, gb, new Float64Array([0.1, 0, 0, 0, 0]));
+  t.ok(Array.from(w).every((v) => Math.abs(v - 0.95) < 1e-6), 'P = I/ρ: plain SGD step, weights finite');
+
+  // With good factors in place, a later failure keeps them.
+  const good = layer.exportState();
+  good.ema = new Float32Array(7 * 3).fill(0.1);
+  layer.importState(good);
+  t.equal(layer.nystromFactors(1.0, 0).status, 0, 'finite statistics factorise');
+  const before = layer.exportState();
+  bad.basis = before.basis;
+  bad.coefficients = before.coefficients;
+  bad.hasFactors = true;
+  bad.inverseDamping = before.inverseDamping;
+  bad.momentum = before.momentum;
+  bad.biasMomentum = before.biasMomentum;
+  bad.factorFallbacks = before.factorFallbacks;
+  layer.importState(bad);
+  const second = layer.nystromFactors(1.0, 0);
+  t.equal(second.status, 2, 'kept the previous factors');
+  const after = layer.exportState();
+  t.same(Array.from(after.basis), Array.from(before.basis), 'basis unchanged');
+  t.same(Array.from(after.coefficients), Array.from(before.coefficients), 'coefficients unchanged');
+  t.equal(after.factorFallbacks, before.factorFallbacks + 1, 'fallback counted');
+  layer.dispose();
+});

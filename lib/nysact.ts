@@ -374,10 +374,8 @@ export class NysAct {
     }
     const sketch = this.#checkSketch(rec, options);
 
-    if (!callNative(() => this.#native.allFinite(data))) {
-      this.#onNonFiniteActivations(rec);
-      return;
-    }
+    // The native call scans for NaN/Infinity before touching anything: false leaves the layer's
+    // pending statistics as they were.
     const ok = callNative(
       () =>
         rec.spec.kind === 'dense'

@@ -124,11 +124,6 @@ FactorResult nystromFactors(const NystromInput& in) {
     const double lambdaHat = std::max(sigma * sigma - shift, 0.0);
     out.coefficients[j] = static_cast<float>(1.0 / (lambdaHat + rho) - 1.0 / rho);
   }
-  out.lambdaHat.resize(r);
-  for (int64_t j = 0; j < r; ++j) {
-    const double sigma = svd.singularValues()[j];
-    out.lambdaHat[j] = std::max(sigma * sigma - shift, 0.0);
-  }
   out.ok = true;
   return out;
 }

@@ -25,7 +25,6 @@ struct FactorResult {
   bool ok = false;  // false: keep previous factors (report says why)
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> basis;
   std::vector<float> coefficients;
-  std::vector<double> lambdaHat;  // sketched layers, descending
   FactorReport report;
 };
 

@@ -447,10 +447,9 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
   InstanceData* instance_ = nullptr;
 };
 
-// Per-environment data (main thread or worker): the constructor and the live layers, so that the
-// cleanup hook frees native memory when the environment exits.
+// Per-environment data (main thread or worker): the live layers, so that the cleanup hook frees
+// native memory when the environment exits.
 struct InstanceData {
-  Napi::FunctionReference layerConstructor;
   std::set<LayerWrap*> live;
 };
 
@@ -591,7 +590,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       },
       data);
   Napi::Function layer = LayerWrap::Define(env);
-  data->layerConstructor = Napi::Persistent(layer);
   exports.Set("Layer", layer);
   exports.Set("version", Napi::String::New(env, NYSACT_VERSION));
   exports.Set("interfaceVersion", Napi::Number::New(env, kBackendInterfaceVersion));

@@ -21,6 +21,8 @@ export const ErrorCodes = Object.freeze({
   STATE: 'ERR_NYSACT_STATE',
   /** The native addon could not be loaded. */
   LOAD: 'ERR_NYSACT_LOAD',
+  /** An optional peer dependency (e.g. `@tensorflow/tfjs-core` for `nysact/tfjs`) is not installed. */
+  PEER_MISSING: 'ERR_NYSACT_PEER_MISSING',
   /** Any other failure inside the native addon. */
   NATIVE: 'ERR_NYSACT_NATIVE',
 } as const);

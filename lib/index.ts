@@ -9,6 +9,7 @@ export type {
   LayerStateInfo,
   LayerUpdate,
   ObserveOptions,
+  StepOptions,
   StepResult,
 } from './nysact.js';
 export { DEFAULT_OPTIONS, layerKey } from './options.js';

@@ -63,6 +63,15 @@ export interface LayerUpdate {
   biasGrad?: Float32Array;
 }
 
+/** Options of {@link NysAct.step}. */
+export interface StepOptions {
+  /**
+   * What to do with registered layers that have no entry in `grads`: `'throw'` (default) or
+   * `'skip'` (leave them untouched this step, like PyTorch parameters whose gradient is None).
+   */
+  missing?: 'throw' | 'skip';
+}
+
 /** Why a factorisation did not go as SPEC §1 step 2 describes. */
 export type FallbackStatus = 'shift-enlarged' | 'kept-previous' | 'identity';
 
@@ -533,25 +542,43 @@ export class NysAct {
    * call that throws changes nothing.
    *
    * @param grads one entry per registered layer and parameter, keyed by name
-   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a missing, unknown or
-   *   malformed entry.
+   * @param options `missing: 'skip'` leaves layers absent from `grads` untouched this step (no
+   *   statistics, factors, weight decay or momentum; their pending statistics are dropped), as
+   *   PyTorch skips parameters whose `.grad` is None. Default `'throw'`.
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a missing (with
+   *   `missing: 'throw'`), unknown or malformed entry.
    * @throws {NysActError} `ERR_NYSACT_MISSING_ACTIVATIONS` on a statistics step without
    *   activations for a layer; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in a gradient with
    *   `nonFinite: 'throw'`; `ERR_NYSACT_NATIVE` if the native update itself fails (then the
    *   layers before the failing one may have been updated).
    */
-  step(grads: Record<string, LayerUpdate>): StepResult {
+  step(grads: Record<string, LayerUpdate>, options?: StepOptions): StepResult {
     this.#checkDisposed();
     assertObject(grads, 'grads');
+    let missing: 'throw' | 'skip' = 'throw';
+    if (options !== undefined) {
+      assertObject(options, 'options');
+      assertKnownKeys(options, ['missing'], 'options', 'option');
+      if (options.missing !== undefined) {
+        if (typeof options.missing !== 'string') throw invalidType("'throw' or 'skip'", 'options.missing', options.missing);
+        if (options.missing !== 'throw' && options.missing !== 'skip') throw invalidRange("'throw' or 'skip'", 'options.missing', options.missing);
+        missing = options.missing;
+      }
+    }
     for (const key of Object.keys(grads)) {
       if (!this.#layers.has(key)) {
         throw invalidType(`a registered layer name (one of ${this.layers.join(', ') || 'none yet'})`, `grads.${key}`, grads[key], `unknown layer ${JSON.stringify(key)}`);
       }
     }
     const updates: { rec: LayerRecord; weight: Float32Array; grad: Float32Array; bias: Float32Array | null; biasGrad: Float32Array | null }[] = [];
+    const skippedLayers: LayerRecord[] = [];
     for (const rec of this.#layers.values()) {
       const where = `grads.${rec.name}`;
       const entry = grads[rec.name];
+      if (entry === undefined && missing === 'skip') {
+        skippedLayers.push(rec);
+        continue;
+      }
       if (!isObject(entry)) {
         throw invalidType(`an object { weight, grad${rec.geometry.biasSize ? ', bias, biasGrad' : ''} }`, where, entry);
       }
@@ -590,7 +617,11 @@ export class NysAct {
       }
     }
 
-    let reason: string | null = this.#nonFiniteActivations.values().next().value ?? null;
+    let reason: string | null = null;
+    for (const { rec } of updates) {
+      reason = this.#nonFiniteActivations.get(rec.name) ?? null;
+      if (reason !== null) break;
+    }
     if (reason === null) {
       for (const u of updates) {
         for (const [key, arr] of [['grad', u.grad], ['biasGrad', u.biasGrad]] as const) {
@@ -616,6 +647,10 @@ export class NysAct {
 
     // Validation is complete; from here on native state changes.
     this.#frozen = true;
+    for (const rec of skippedLayers) {
+      if (rec.geometry.preconditioned) callNative(() => rec.native.discardPendingStatistics());
+      this.#nonFiniteActivations.delete(rec.name);
+    }
     const o = this.#options;
     const scalars = new Float64Array([o.lr, o.momentum, o.weightDecay, o.nesterov ? 1 : 0, o.weightDecayMode === 'decoupled' ? 1 : 0]);
     const variant = o.nystrom === 'reference' ? 0 : 1;

@@ -240,6 +240,12 @@ export interface SketchOverrides {
   rank?: number;
   /** Sketch kind for this layer (default: the optimizer's `sketch`). */
   sketch?: SketchKind;
+  /**
+   * The string whose FNV-1a hash keys this layer's Philox stream (default: the layer name).
+   * Two layers with the same key, seed and statistics step draw the same sketch; the tfjs
+   * adapter keys layers by their position so that auto-generated layer names do not matter.
+   */
+  sketchKey?: string;
 }
 
 /** Options of {@link NysAct.addDense}. */
@@ -294,6 +300,8 @@ export interface DenseLayerSpec {
   rank: number;
   /** Sketch kind. */
   sketch: SketchKind;
+  /** Philox stream key, when not the layer name. */
+  sketchKey?: string;
 }
 
 /** Resolved public description of a conv2d layer (part of the saved state). */
@@ -318,6 +326,8 @@ export interface Conv2dLayerSpec {
   rank: number;
   /** Sketch kind. */
   sketch: SketchKind;
+  /** Philox stream key, when not the layer name. */
+  sketchKey?: string;
 }
 
 /** Resolved public description of a plain parameter (part of the saved state). */
@@ -334,11 +344,17 @@ export type LayerSpec = DenseLayerSpec | Conv2dLayerSpec | ParamLayerSpec;
 /** Largest typed array length this package hands to the native side. */
 export const MAX_ELEMENTS = 2 ** 32 - 1;
 
-function resolveOverrides(o: Record<string, unknown>, name: string, defaults: ResolvedNysActOptions): { rank: number; sketch: SketchKind } {
-  return {
+function resolveOverrides(
+  o: Record<string, unknown>,
+  name: string,
+  defaults: ResolvedNysActOptions,
+): { rank: number; sketch: SketchKind; sketchKey?: string } {
+  const out: { rank: number; sketch: SketchKind; sketchKey?: string } = {
     rank: o.rank === undefined ? defaults.rank : validateRank(o.rank, `${name}.rank`),
     sketch: o.sketch === undefined ? defaults.sketch : assertOneOf(o.sketch, `${name}.sketch`, SKETCHES),
   };
+  if (o.sketchKey !== undefined) out.sketchKey = assertName(o.sketchKey, `${name}.sketchKey`);
+  return out;
 }
 
 function checkWeightCount(count: number, name: string, what: string): void {
@@ -350,7 +366,7 @@ function checkWeightCount(count: number, name: string, what: string): void {
 /** Validates {@link DenseOptions}. */
 export function resolveDenseOptions(value: unknown, defaults: ResolvedNysActOptions, name = 'options'): DenseLayerSpec {
   assertObject(value, name);
-  assertKnownKeys(value, ['inFeatures', 'outFeatures', 'bias', 'layout', 'rank', 'sketch'], name);
+  assertKnownKeys(value, ['inFeatures', 'outFeatures', 'bias', 'layout', 'rank', 'sketch', 'sketchKey'], name);
   const inFeatures = assertPositiveInteger(value.inFeatures, `${name}.inFeatures`);
   const outFeatures = assertPositiveInteger(value.outFeatures, `${name}.outFeatures`);
   checkWeightCount(inFeatures * outFeatures, `${name}.inFeatures * ${name}.outFeatures`, 'inFeatures * outFeatures');
@@ -364,7 +380,7 @@ export function resolveConv2dOptions(value: unknown, defaults: ResolvedNysActOpt
   assertObject(value, name);
   assertKnownKeys(
     value,
-    ['kernelSize', 'inChannels', 'outChannels', 'strides', 'padding', 'dilation', 'bias', 'rank', 'sketch'],
+    ['kernelSize', 'inChannels', 'outChannels', 'strides', 'padding', 'dilation', 'bias', 'rank', 'sketch', 'sketchKey'],
     name,
   );
   const kernelSize = assertPair(value.kernelSize, `${name}.kernelSize`, MAX_KERNEL);
@@ -482,7 +498,7 @@ export function nativeLayerSpec(name: string, spec: LayerSpec, seed: bigint): Na
     size: 0,
     seedHi,
     seedLo,
-    layerKey: layerKey(name),
+    layerKey: layerKey(spec.kind !== 'param' && spec.sketchKey !== undefined ? spec.sketchKey : name),
   };
   switch (spec.kind) {
     case 'param':

@@ -367,6 +367,55 @@ t.test('seed determinism', async (t) => {
   t.not(firstDifference(run(2 ** 32), run(0)), null, 'the high half of the seed matters');
 });
 
+t.test("step(grads, { missing: 'skip' }) leaves absent layers untouched", async (t) => {
+  const opt = makeOptimizer();
+  const p = initParams();
+  trainStep(opt, p); // step 0 (statistics + inverse for every layer)
+  const fc2Before = opt.layerState('fc2');
+  const w2 = p.w2.slice();
+  const b2 = p.b2.slice();
+  // Step 1 is not a statistics step; step 2 is: fc2 absent on both.
+  for (let i = 0; i < 2; i++) {
+    const { x, y } = batch(opt.iteration);
+    const g = forwardBackward(p, x, y);
+    if (opt.needsActivations) {
+      opt.observe('fc1', x, [BATCH, IN]);
+      opt.observe('fc2', g.hidden, [BATCH, HIDDEN]); // observed, then skipped: dropped
+    }
+    const all = updates(p, g);
+    const r = opt.step({ fc1: all.fc1, scale: all.scale }, { missing: 'skip' });
+    t.equal(r.skipped, false);
+  }
+  t.equal(firstDifference(p.w2, w2), null, 'absent weight unchanged');
+  t.equal(firstDifference(p.b2, b2), null, 'absent bias unchanged');
+  t.equal(firstDifference(opt.layerState('fc2'), fc2Before), null, 'absent layer state unchanged (momentum, EMA, factors)');
+  t.equal(opt.layerState('fc1').emaSteps, 2, 'present layers took their statistics');
+  // The default still requires every layer, and a bad mode is refused before anything changes.
+  const { x, y } = batch(opt.iteration);
+  const g = forwardBackward(p, x, y);
+  t.throws(() => opt.step({ fc1: updates(p, g).fc1 }), { name: 'TypeError', message: /grads\.fc2/ });
+  t.throws(() => opt.step(updates(p, g), { missing: 'ignore' as never }), { name: 'RangeError', message: /options\.missing/ });
+  t.throws(() => opt.step(updates(p, g), { other: 1 } as never), { name: 'TypeError', message: /other/ });
+  t.equal(opt.iteration, 3);
+  opt.dispose();
+});
+
+t.test('sketchKey: the Philox stream follows the key, not the layer name', async (t) => {
+  const sketchOf = (name: string, sketchKey?: string): Float32Array => {
+    const opt = new NysAct({ ...BASE });
+    opt.addDense(name, { inFeatures: IN, outFeatures: HIDDEN, ...(sketchKey === undefined ? {} : { sketchKey }) });
+    opt.observe(name, batch(0).x, [BATCH, IN]);
+    opt.step({ [name]: { weight: new Float32Array(IN * HIDDEN), grad: new Float32Array(IN * HIDDEN), bias: new Float32Array(HIDDEN), biasGrad: new Float32Array(HIDDEN) } });
+    const s = opt.layerState(name).sketch;
+    opt.dispose();
+    return s;
+  };
+  t.equal(firstDifference(sketchOf('a', 'k'), sketchOf('b', 'k')), null, 'same key, same sketch');
+  t.equal(firstDifference(sketchOf('k'), sketchOf('other', 'k')), null, 'the default key is the name');
+  t.not(firstDifference(sketchOf('a', 'k1'), sketchOf('a', 'k2')), null, 'different keys, different sketches');
+  t.throws(() => new NysAct().addDense('a', { inFeatures: 2, outFeatures: 2, sketchKey: '' }), { name: 'RangeError', message: /sketchKey/ });
+});
+
 t.test('data-parallel hooks keep workers identical', async (t) => {
   const workers = [makeOptimizer(), makeOptimizer()];
   const params = [initParams(), initParams()];

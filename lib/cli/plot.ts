@@ -90,11 +90,12 @@ export function renderSvg(title: string, subtitle: string, panels: Panel[]): str
     }
   });
   const legend = panels[0]?.series ?? [];
-  legend.forEach((s, i) => {
-    const x = left0 + i * 250;
+  let x = left0;
+  legend.forEach((s) => {
     const y = H - 18;
     out.push(`<line x1="${x}" x2="${x + 24}" y1="${y}" y2="${y}" stroke="${s.color}" stroke-width="3"/>`);
     out.push(`<text x="${x + 30}" y="${y}" dominant-baseline="middle">${escapeXml(s.label)}</text>`);
+    x += 30 + 7 * s.label.length + 40;
   });
   out.push('</svg>');
   return out.join('\n') + '\n';

@@ -8,8 +8,9 @@
 # What it does:
 #   1. checks @tensorflow/tfjs-node is in node_modules (package.json lists it as a devDependency
 #      with `"allowScripts": {"@tensorflow/tfjs-node": false}`, so npm >= 11.16 installs it without
-#      running the download script; if it is missing it is installed here with --ignore-scripts at
-#      the version of the installed @tensorflow/tfjs) and that there is ONE @tensorflow/tfjs-core;
+#      running the download script (older npm runs it and `npm ci` fails offline: use
+#      `npm ci --ignore-scripts` there); if it is missing it is installed here with --ignore-scripts
+#      at the version of the installed @tensorflow/tfjs) and that there is ONE @tensorflow/tfjs-core;
 #   2. returns at once if the TensorFlow backend already loads (unless --force);
 #   3. fetches PyPI's tensorflow-cpu wheel with pip (cached in $NYSACT_CACHE_DIR, default
 #      ~/.cache/nysact) and extracts only the TensorFlow C API: libtensorflow_cc.so.2 (which exports
@@ -20,8 +21,11 @@
 #   5. checks that the backend loads and runs an op.
 #
 # Environment: NYSACT_TF_VERSION (tensorflow-cpu version, default 2.12.1: the oldest on PyPI with a
-# cp311 wheel; tfjs-node 4.22 was built against 2.9.1), NYSACT_CACHE_DIR, NODE_GYP (path of
-# node-gyp.js), NODE_GYP_NODEDIR (Node headers prefix, containing include/node/common.gypi).
+# cp311 wheel, nearest to the 2.9.1 tfjs-node 4.22 was released with; 2.18.1 also works),
+# NYSACT_CACHE_DIR, NODE_GYP (path of node-gyp.js), NODE_GYP_NODEDIR (Node headers prefix,
+# containing include/node/common.gypi).
+# At run time TensorFlow reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (thread pools) and
+# TF_CPP_MIN_LOG_LEVEL (1 hides its startup INFO lines).
 set -euo pipefail
 
 TF_VERSION=${NYSACT_TF_VERSION:-2.12.1}
@@ -140,37 +144,45 @@ if [[ ! -f $LIBTF/.complete ]]; then
   chmod 755 "$TMP"
   trap 'rm -rf "$TMP"' EXIT
   python3 - "$WHEEL" "$TMP" <<'EOF' || die "could not extract the C API from the wheel"
-import os, shutil, sys, zipfile
+import os, re, shutil, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 libs = ('tensorflow/libtensorflow_cc.so.2', 'tensorflow/libtensorflow_framework.so.2')
 inc = 'tensorflow/include/'
-# The C API headers and what they include (c_api.h -> tsl/c/tsl_status.h, tf_tstring.h ->
-# core/platform/ctstring*.h -> tsl/platform/ctstring*.h).
-inc_prefixes = ('tensorflow/include/tensorflow/c/', 'tensorflow/include/tensorflow/tsl/c/',
-                'tensorflow/include/tensorflow/core/platform/ctstring',
-                'tensorflow/include/tensorflow/tsl/platform/ctstring')
+# The C API headers tfjs-node's binding includes, plus everything they include (closure over
+# #include "..."): e.g. tf_status.h -> tsl/c/tsl_status.h (tensorflow/tsl/ in 2.12, xla/tsl/ in
+# later versions), tf_tstring.h -> core/platform/ctstring*.h -> tsl/platform/ctstring*.h.
+seeds = ['tensorflow/c/c_api.h', 'tensorflow/c/eager/c_api.h', 'tensorflow/c/tf_datatype.h',
+         'tensorflow/c/tf_status.h', 'tensorflow/c/tf_tensor.h',
+         'tensorflow/core/platform/ctstring_internal.h']
 with zipfile.ZipFile(wheel) as z:
     names = set(z.namelist())
-    missing = [l for l in libs if l not in names]
+    missing = [l for l in libs + tuple(inc + h for h in seeds) if l not in names]
     if missing:
         sys.exit(f'wheel lacks {missing}')
-    n = 0
-    for name in sorted(names):
-        if name.endswith('/'):
-            continue
-        if name in libs:
-            dest = os.path.join(out, 'lib', os.path.basename(name))
-        elif name.startswith(inc_prefixes):
-            dest = os.path.join(out, 'include', name[len(inc):])
-        else:
-            continue
+    def extract(name, dest):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with z.open(name) as src, open(dest, 'wb') as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        n += 1
     for l in libs:
-        os.chmod(os.path.join(out, 'lib', os.path.basename(l)), 0o755)
-    print(f'[setup-tfjs-node]   {n} files')
+        dest = os.path.join(out, 'lib', os.path.basename(l))
+        extract(l, dest)
+        os.chmod(dest, 0o755)
+    done, todo, unresolved = set(), list(seeds), set()
+    while todo:
+        h = todo.pop()
+        if h in done:
+            continue
+        done.add(h)
+        extract(inc + h, os.path.join(out, 'include', h))
+        for m in re.finditer(r'^\s*#\s*include\s+"([^"]+)"', z.read(inc + h).decode('utf-8', 'replace'), re.M):
+            dep = m.group(1)
+            if inc + dep in names:
+                todo.append(dep)
+            else:
+                unresolved.add(dep)
+    print(f'[setup-tfjs-node]   2 libraries, {len(done)} headers')
+    if unresolved:
+        print(f'[setup-tfjs-node]   (includes not in the wheel: {sorted(unresolved)})')
 EOF
   # Which library exports the C API? (libtensorflow_cc.so.2 in 2.12; fail clearly if that moves.)
   nm -D --defined-only "$TMP/lib/libtensorflow_cc.so.2" >"$TMP/symbols.txt"

@@ -67,7 +67,7 @@ struct FusedArgs {
 
 template <bool kOutIn>
 __global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepKernel(FusedArgs f) {
-  __shared__ float sa[kChunk][kTileA];
+  __shared__ float sa[kChunk][kTileA + 1];  // +1: the staging stores (kk fastest) avoid bank conflicts
   __shared__ float sb[kChunk][kTileB + 1];
   const int tx = threadIdx.x % kThreadsB, ty = threadIdx.x / kThreadsB;
   const int64_t tilesB = (f.colsB + kTileB - 1) / kTileB;

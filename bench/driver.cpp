@@ -1,7 +1,7 @@
 // The C++ test-and-benchmark driver (no Node): the same backend interface the addon uses, checked
 // CPU against CUDA and timed (ggml's test-backend-ops, STYLE.md point 10).  Prints one JSON object.
 //
-//   nysact_driver [--quick] [--no-bench] [--batch N] [--repeats N]
+//   nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]
 //
 // Parity: random layers (dense in both weight layouts, conv with strides, 'same'/'valid' padding,
 // dilation and bias, gaussian and subcolumn sketches, caller-supplied sketches, full covariance,
@@ -605,13 +605,15 @@ std::string executableDirectory() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, bench = true;
+  bool quick = false, bench = true, parity = true;
   int64_t batch = 256;
   int repeats = 5;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
+    } else if (a == "--no-parity") {
+      parity = false;
     } else if (a == "--no-bench") {
       bench = false;
     } else if (a == "--batch" && i + 1 < argc) {
@@ -619,7 +621,7 @@ int main(int argc, char** argv) {
     } else if (a == "--repeats" && i + 1 < argc) {
       repeats = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: nysact_driver [--quick] [--no-bench] [--batch N] [--repeats N]\n");
+      std::fprintf(stderr, "usage: nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]\n");
       return 2;
     }
   }
@@ -638,7 +640,7 @@ int main(int argc, char** argv) {
   std::string fatal;
   try {
     if (status.available) cuda = &cudaBackend();
-    if (cuda != nullptr) {
+    if (cuda != nullptr && parity) {
       bool identical = false;
       out.add("philox", philoxCheck(*cuda, identical).json(2));
       allOk = allOk && identical;
@@ -646,7 +648,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> results;
     double total = 0;
     int passed = 0, failed = 0;
-    for (const Case& c : parityCases(quick)) {
+    for (const Case& c : parity ? parityCases(quick) : std::vector<Case>()) {
       CaseResult r = runCase(c, cpu, cuda);
       total += r.seconds;
       (r.ok ? passed : failed) += 1;
@@ -654,7 +656,9 @@ int main(int argc, char** argv) {
       results.push_back(r.json.json(4));
     }
     out.add("parity", Object()
-                          .str("mode", cuda ? "cpu-vs-cuda" : "cpu only (harness smoke run; nothing compared)")
+                          .str("mode", !parity ? "skipped (--no-parity)"
+                                       : cuda  ? "cpu-vs-cuda"
+                                               : "cpu only (harness smoke run; nothing compared)")
                           .number("passed", passed).number("failed", failed).number("seconds", total)
                           .add("cases", array(results))
                           .json(2));

@@ -6,7 +6,7 @@
 // Float32Arrays): each step copies G, θ (and the bias pair) to the device, runs the fused kernel
 // and copies θ back — three transfers of the weight per step over PCIe, the simplest correct
 // scheme for a host-pointer API.  A device-tensor API (weights resident on the GPU) would remove
-// them; see the report in cuda/README.md.
+// them (cuda/README.md, "Not yet done").
 #pragma once
 
 #include <cstdint>

@@ -116,6 +116,8 @@ export interface NativeBackendInfo {
   available: boolean;
   /** Why the backend is not available; empty when it is. */
   reason: string;
+  /** The device it runs on (CUDA: name, compute capability, memory); empty when unknown. */
+  device: string;
 }
 
 export interface NativeBinding {
@@ -131,4 +133,6 @@ export interface NativeBinding {
   backends(): NativeBackendInfo[];
   /** Live native layers and the bytes they own, for leak tests. */
   liveObjects(): { layers: number; bytes: number };
+  /** Whether this process has tried to load the CUDA backend library (only `backends()` and `'cuda'` layers do). */
+  cudaLoadAttempted(): boolean;
 }

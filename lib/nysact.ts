@@ -176,9 +176,10 @@ export class NysAct {
   }
 
   static #chooseBackend(native: NativeBinding, request: ResolvedNysActOptions['backend']): 'cpu' | 'cuda' {
+    // Checked first: the CPU path must never load the CUDA library (backends() does).
+    if (request === 'cpu') return 'cpu';
     const backends = callNative(() => native.backends());
     const cuda = backends.find((b) => b.name === 'cuda');
-    if (request === 'cpu') return 'cpu';
     if (cuda?.available) return 'cuda';
     if (request === 'auto') return 'cpu';
     const why =
@@ -191,7 +192,10 @@ export class NysAct {
   // -------------------------------------------------------------------------------------------
   // Configuration and schedule
 
-  /** The backend in use: `'cpu'` or `'cuda'`. */
+  /**
+   * The backend in use: `'cpu'` or `'cuda'` (what `backend: 'auto'` resolved to: CUDA when its library
+   * loads and a device is present, else the CPU).
+   */
   get backend(): 'cpu' | 'cuda' {
     return this.#backend;
   }

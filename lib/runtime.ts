@@ -11,6 +11,8 @@ export interface BackendInfo {
   available: boolean;
   /** Why it is unavailable; empty when available. */
   reason: string;
+  /** The device it runs on (CUDA: name, compute capability, memory); empty for the CPU or when unknown. */
+  device: string;
 }
 
 /** What the loaded native addon is and can do. */
@@ -19,7 +21,10 @@ export interface NativeInfo {
   version: string;
   /** Native interface version (1). */
   interfaceVersion: number;
-  /** Compute backends compiled into this build and whether they work here. */
+  /**
+   * Compute backends and whether they work here. Asking loads and probes the CUDA backend library
+   * (`nysact_cuda.so`, beside the addon) once per process; optimizers with `backend: 'cpu'` never load it.
+   */
   backends: BackendInfo[];
   /** Threads the CPU backend uses. */
   threads: number;
@@ -35,7 +40,7 @@ export function nativeInfo(): NativeInfo {
   return callNative(() => ({
     version: native.version,
     interfaceVersion: native.interfaceVersion,
-    backends: native.backends().map((b) => ({ name: b.name, available: b.available, reason: b.reason })),
+    backends: native.backends().map((b) => ({ name: b.name, available: b.available, reason: b.reason, device: b.device })),
     threads: native.threads(),
   }));
 }

@@ -168,7 +168,8 @@ function trainStep(opt: NysAct, p: Params, lrSchedule = true): StepResult & { lo
 t.test('schedule over 12 steps (tcov 2, tinv 4) and training progress', async (t) => {
   const opt = makeOptimizer();
   const p = initParams();
-  t.equal(opt.backend, 'cpu');
+  // The default backend 'auto' takes CUDA where it is available.
+  t.equal(opt.backend, nativeInfo().backends.find((b) => b.name === 'cuda')?.available ? 'cuda' : 'cpu');
   t.same(opt.layers, ['fc1', 'fc2', 'scale']);
   const losses: number[] = [];
   for (let step = 0; step < 12; step++) {

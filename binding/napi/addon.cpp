@@ -13,6 +13,7 @@
 #include <string>
 
 #include "../backend.h"
+#include "../cuda_loader.h"
 
 namespace nysact {
 namespace {
@@ -463,11 +464,16 @@ void LayerWrap::Construct(const Napi::CallbackInfo& info) {
   const Napi::Value backend = argument(info, 1);
   if (!backend.IsString()) throwType(env, "Expected a string for backend but received " + describe(backend));
   const std::string name = backend.As<Napi::String>().Utf8Value();
-  if (name != "cpu") {
-    throw withCode(Napi::Error::New(env, "Backend '" + name + "' is not available in this build (available: cpu)"),
+  if (name == "cpu") {
+    layer_ = cpuBackend().createLayer(spec);
+  } else if (name == "cuda") {
+    // Loads nysact_cuda.so on first use (binding/cuda_loader.h); throws ERR_NYSACT_BACKEND_UNAVAILABLE
+    // with the reason when it cannot be used.
+    layer_ = cudaBackend().createLayer(spec);
+  } else {
+    throw withCode(Napi::Error::New(env, "Backend '" + name + "' does not exist (expected 'cpu' or 'cuda')"),
                    "ERR_NYSACT_BACKEND_UNAVAILABLE");
   }
-  layer_ = cpuBackend().createLayer(spec);
   gLiveLayers += 1;
   updateBytes();
   instance_ = env.GetInstanceData<InstanceData>();
@@ -555,11 +561,15 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   cpu.Set("name", "cpu");
   cpu.Set("available", true);
   cpu.Set("reason", "");
+  cpu.Set("device", "");
   out.Set(0u, cpu);
+  // Asking about CUDA loads and probes nysact_cuda.so (once per process).
+  const CudaBackendStatus& status = cudaBackendStatus();
   Napi::Object cuda = Napi::Object::New(env);
   cuda.Set("name", "cuda");
-  cuda.Set("available", false);
-  cuda.Set("reason", "this build has no CUDA backend (not yet implemented)");
+  cuda.Set("available", status.available);
+  cuda.Set("reason", status.reason);
+  cuda.Set("device", status.device);
   out.Set(1u, cuda);
   return out;
 }
@@ -569,6 +579,11 @@ Napi::Value LiveObjects(const Napi::CallbackInfo& info) {
   o.Set("layers", static_cast<double>(gLiveLayers.load()));
   o.Set("bytes", static_cast<double>(gLiveBytes.load()));
   return o;
+}
+
+// Whether this process has tried to load nysact_cuda.so (tests: the CPU path never does).
+Napi::Value CudaLoadAttempted(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), cudaLoadAttempted());
 }
 
 template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
@@ -601,6 +616,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convGeometry", Napi::Function::New<translate<ConvGeometryFn>>(env, "convGeometry"));
   exports.Set("backends", Napi::Function::New<translate<Backends>>(env, "backends"));
   exports.Set("liveObjects", Napi::Function::New<translate<LiveObjects>>(env, "liveObjects"));
+  exports.Set("cudaLoadAttempted", Napi::Function::New<translate<CudaLoadAttempted>>(env, "cudaLoadAttempted"));
   return exports;
 }
 

@@ -1,0 +1,682 @@
+// The C++ test-and-benchmark driver (no Node): the same backend interface the addon uses, checked
+// CPU against CUDA and timed (ggml's test-backend-ops, STYLE.md point 10).  Prints one JSON object.
+//
+//   nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]
+//
+// Parity: random layers (dense in both weight layouts, conv with strides, 'same'/'valid' padding,
+// dilation and bias, gaussian and subcolumn sketches, caller-supplied sketches, full covariance,
+// Nesterov, decoupled weight decay, the textbook Nyström variant, a plain parameter) run the same
+// sequence of statistics, inverse and update steps on both backends.  Checked: Philox sketches
+// bit-identical; pending covariance, EMA, momentum and weights within stated relative bounds; λ̂
+// within 1e-3·(1 + max λ̂); factor statuses, counters and state round trips equal.
+//
+// Benchmarks (CUDA only): the fused update against the device-to-device copy bandwidth on
+// ResNet-50's parameter shapes; the statistics step against cuBLAS SGEMM's rate on ResNet-50's
+// layers at batch 256 (224² input, rank 50); the inverse update of every ResNet-50 layer at rank 50.
+//
+// Without a usable CUDA backend it reports why, runs the CPU half of the harness, and exits 0.
+// Exit status 1 means a parity check failed; 2 a usage error.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../binding/backend.h"
+#include "../binding/cuda_loader.h"
+
+using namespace nysact;
+
+namespace {
+
+// ---- a minimal JSON writer ---------------------------------------------------------------------
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+class Object {
+ public:
+  Object& add(const std::string& key, const std::string& rawJson) {
+    fields_.push_back(quote(key) + ": " + rawJson);
+    return *this;
+  }
+  Object& str(const std::string& key, const std::string& v) { return add(key, quote(v)); }
+  Object& number(const std::string& key, double v) { return add(key, num(v)); }
+  Object& boolean(const std::string& key, bool v) { return add(key, v ? "true" : "false"); }
+  std::string json(int indent = 0) const {
+    if (fields_.empty()) return "{}";
+    const std::string pad(static_cast<size_t>(indent + 2), ' ');
+    std::string out = "{\n";
+    for (size_t i = 0; i < fields_.size(); ++i) out += pad + fields_[i] + (i + 1 < fields_.size() ? ",\n" : "\n");
+    return out + std::string(static_cast<size_t>(indent), ' ') + "}";
+  }
+
+ private:
+  std::vector<std::string> fields_;
+};
+
+std::string array(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out + "]";
+}
+
+double seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ---- random data --------------------------------------------------------------------------------
+
+struct Random {
+  std::mt19937_64 engine;
+  explicit Random(uint64_t seed) : engine(seed) {}
+  std::vector<float> uniform(size_t n, float scale) {
+    std::uniform_real_distribution<float> d(-scale, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(engine);
+    return v;
+  }
+  std::vector<int32_t> distinct(int64_t p, int64_t r) {
+    std::vector<int32_t> all(static_cast<size_t>(p));
+    for (int64_t i = 0; i < p; ++i) all[i] = static_cast<int32_t>(i);
+    std::shuffle(all.begin(), all.end(), engine);
+    all.resize(static_cast<size_t>(r));
+    return all;
+  }
+};
+
+double maxAbs(const std::vector<float>& a) {
+  double m = 0.0;
+  for (float x : a) m = std::max(m, static_cast<double>(std::fabs(x)));
+  return m;
+}
+
+// max |a − b| / max |a| (0 when both are zero); infinity on a size mismatch or non-finite value.
+double relativeError(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (!std::isfinite(d)) return INFINITY;
+    diff = std::max(diff, d);
+  }
+  const double scale = maxAbs(a);
+  return scale > 0.0 ? diff / scale : diff;
+}
+
+bool bitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+std::vector<float> lambdaHat(const LayerState& st) {
+  std::vector<float> out;
+  const double rho = 1.0 / st.inverseDamping;
+  for (float c : st.coefficients) out.push_back(static_cast<float>(1.0 / (c + st.inverseDamping) - rho));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// ---- parity cases -------------------------------------------------------------------------------
+
+struct Case {
+  std::string name;
+  LayerSpec spec;
+  int64_t batch = 0, height = 0, width = 0;  // dense: batch = rows
+  int steps = 12, tcov = 2, tinv = 4;
+  StepScalars scalars;
+  double statDecay = 0.95, damping = 1.0;
+  NystromVariant variant = NystromVariant::Reference;
+  bool callerSketch = false;
+};
+
+LayerSpec dense(int64_t in, int64_t out, bool bias, int64_t rank, SketchKind sketch, WeightLayout layout) {
+  LayerSpec s;
+  s.kind = LayerKind::Dense;
+  s.fanIn = in;
+  s.fanOut = out;
+  s.bias = bias;
+  s.rank = rank;
+  s.sketch = sketch;
+  s.layout = layout;
+  s.seed = 0x1234abcd5678ull;
+  s.layerKey = 7;
+  return s;
+}
+
+LayerSpec conv(int kh, int kw, int cin, int cout, int sh, int sw, int dh, int dw, Padding pad, bool bias, int64_t rank,
+               SketchKind sketch) {
+  LayerSpec s;
+  s.kind = LayerKind::Conv2d;
+  s.kernelH = kh;
+  s.kernelW = kw;
+  s.inChannels = cin;
+  s.fanIn = int64_t{kh} * kw * cin;
+  s.fanOut = cout;
+  s.strideH = sh;
+  s.strideW = sw;
+  s.dilationH = dh;
+  s.dilationW = dw;
+  s.padding = pad;
+  s.bias = bias;
+  s.rank = rank;
+  s.sketch = sketch;
+  s.seed = 99;
+  s.layerKey = 3;
+  return s;
+}
+
+std::vector<Case> parityCases(bool quick) {
+  std::vector<Case> cases;
+  auto add = [&](const std::string& name, LayerSpec spec, int64_t batch, int64_t h, int64_t w) -> Case& {
+    Case c;
+    c.name = name;
+    c.spec = spec;
+    c.batch = batch;
+    c.height = h;
+    c.width = w;
+    c.scalars.lr = 0.05;
+    c.scalars.momentum = 0.9;
+    c.scalars.weightDecay = 5e-4;
+    cases.push_back(c);
+    return cases.back();
+  };
+  add("dense in-out bias gaussian", dense(96, 40, true, 10, SketchKind::Gaussian, WeightLayout::InOut), 300, 0, 0);
+  add("dense out-in subcolumns", dense(70, 33, false, 8, SketchKind::Subcolumns, WeightLayout::OutIn), 257, 0, 0);
+  {
+    Case& c = add("dense out-in bias gaussian nesterov textbook",
+                  dense(130, 20, true, 16, SketchKind::Gaussian, WeightLayout::OutIn), 1000, 0, 0);
+    c.scalars.nesterov = true;
+    c.variant = NystromVariant::Textbook;
+  }
+  {
+    Case& c = add("dense full covariance nesterov", dense(12, 9, true, 50, SketchKind::Gaussian, WeightLayout::InOut), 64, 0, 0);
+    c.scalars.nesterov = true;
+  }
+  {
+    Case& c = add("dense caller sketch decoupled", dense(50, 30, true, 6, SketchKind::Gaussian, WeightLayout::InOut), 128, 0, 0);
+    c.callerSketch = true;
+    c.scalars.decoupledWeightDecay = true;
+  }
+  {
+    Case& c = add("dense caller subcolumns", dense(40, 12, false, 5, SketchKind::Subcolumns, WeightLayout::InOut), 90, 0, 0);
+    c.callerSketch = true;
+  }
+  add("conv 3x3 same s1 bias gaussian", conv(3, 3, 8, 16, 1, 1, 1, 1, Padding::Same, true, 10, SketchKind::Gaussian), 6, 12, 12);
+  add("conv 3x3 valid s2 d2 subcolumns", conv(3, 3, 5, 7, 2, 2, 2, 2, Padding::Valid, false, 9, SketchKind::Subcolumns), 5, 17, 15);
+  add("conv 3x2 same s(2,1) bias", conv(3, 2, 4, 6, 2, 1, 1, 1, Padding::Same, true, 7, SketchKind::Gaussian), 4, 9, 8);
+  add("conv 1x1 same s2", conv(1, 1, 32, 24, 2, 2, 1, 1, Padding::Same, false, 12, SketchKind::Gaussian), 3, 14, 14);
+  add("conv 5x5 same d(1,2) bias", conv(5, 5, 3, 8, 1, 1, 1, 2, Padding::Same, true, 20, SketchKind::Gaussian), 2, 20, 18);
+  {
+    Case& c = add("conv full covariance", conv(2, 2, 3, 5, 1, 1, 1, 1, Padding::Valid, true, 64, SketchKind::Gaussian), 4, 7, 7);
+    c.scalars.nesterov = true;
+  }
+  {
+    LayerSpec plain;
+    plain.kind = LayerKind::Plain;
+    plain.size = 1000;
+    add("plain parameter", plain, 0, 0, 0);
+  }
+  if (!quick) {
+    add("dense 512x256 rank 32", dense(512, 256, true, 32, SketchKind::Gaussian, WeightLayout::InOut), 2048, 0, 0);
+    add("conv 3x3 64->64 same rank 32", conv(3, 3, 64, 64, 1, 1, 1, 1, Padding::Same, false, 32, SketchKind::Gaussian), 8, 32, 32);
+    Case& c = add("conv 3x3 32->32 subcolumns many tiles",
+                  conv(3, 3, 32, 32, 1, 1, 1, 1, Padding::Same, true, 16, SketchKind::Subcolumns), 64, 32, 32);
+    c.steps = 6;
+  }
+  return cases;
+}
+
+struct Tolerances {
+  double weights = 1e-4;     // the parity suite's bound (test/parity.test.ts)
+  double covariance = 1e-4;  // fp32 products, different summation orders
+  double state = 1e-4;       // EMA and momentum
+  double lambda = 1e-3;      // relative to 1 + max λ̂
+};
+
+struct CaseResult {
+  Object json;
+  bool ok = true;
+  double seconds = 0.0;
+};
+
+void check(CaseResult& r, std::vector<std::string>& failures, bool condition, const std::string& what) {
+  if (!condition) {
+    r.ok = false;
+    failures.push_back(quote(what));
+  }
+}
+
+// Runs one case on `a` (the CPU) and, when given, `b` (CUDA); compares when both are present.
+CaseResult runCase(const Case& c, Backend& a, Backend* b) {
+  CaseResult r;
+  const double t0 = seconds();
+  const Tolerances tol;
+  std::vector<std::string> failures;
+  Random rng(0xC0FFEE ^ std::hash<std::string>{}(c.name));
+  const LayerSpec& s = c.spec;
+  std::unique_ptr<Layer> la = a.createLayer(s), lb = b ? b->createLayer(s) : nullptr;
+  const bool plain = s.kind == LayerKind::Plain;
+  const int64_t n = s.weightSize();
+  std::vector<float> wa = rng.uniform(static_cast<size_t>(n), 0.5f), wb = wa;
+  std::vector<float> ba = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.1f) : std::vector<float>(), bb = ba;
+  double worstW = 0, worstC = 0, worstLambda = 0;
+  bool philoxIdentical = true, statusesEqual = true;
+
+  for (int t = 0; t < c.steps; ++t) {
+    if (!plain && t % c.tcov == 0) {
+      const int64_t p0 = s.fanIn, p = s.p(), k = s.r();
+      std::vector<float> x = s.kind == LayerKind::Dense
+                                 ? rng.uniform(static_cast<size_t>(c.batch * p0), 1.0f)
+                                 : rng.uniform(static_cast<size_t>(c.batch * c.height * c.width * s.inChannels), 1.0f);
+      std::vector<float> matrix;
+      std::vector<int32_t> indices;
+      SketchInput sketch;
+      if (c.callerSketch && !s.fullCovariance()) {
+        if (s.sketch == SketchKind::Gaussian) {
+          matrix = rng.uniform(static_cast<size_t>(p * k), 0.3f);
+          sketch.matrix = matrix.data();
+        } else {
+          indices = rng.distinct(p, k);
+          sketch.indices = indices.data();
+        }
+      }
+      ConvInput in;
+      in.batch = c.batch, in.height = c.height, in.width = c.width;
+      auto observe = [&](Layer& l) {
+        return s.kind == LayerKind::Dense ? l.sketchCovarianceDense(x.data(), c.batch, sketch)
+                                          : l.sketchCovarianceConv(x.data(), in, sketch);
+      };
+      const bool okA = observe(*la);
+      if (lb) {
+        const bool okB = observe(*lb);
+        check(r, failures, okA && okB, "sketch accepted on both backends");
+        std::vector<float> ca(static_cast<size_t>(p * k)), cb(ca.size());
+        la->readPendingCovariance(ca.data());
+        lb->readPendingCovariance(cb.data());
+        worstC = std::max(worstC, relativeError(ca, cb));
+        if (t == 0) {
+          // A non-finite activation is refused by both and leaves the pending statistics alone.
+          std::vector<float> bad = x;
+          bad[bad.size() / 2] = NAN;
+          std::swap(x, bad);
+          check(r, failures, !observe(*la) && !observe(*lb), "non-finite activations refused on both");
+          std::swap(x, bad);
+          check(r, failures, la->hasPendingStatistics() && lb->hasPendingStatistics(),
+                "pending statistics kept after a refused call");
+        }
+        lb->commitStatistics(c.statDecay);
+      }
+      la->commitStatistics(c.statDecay);
+    }
+    if (!plain && t % c.tinv == 0) {
+      const FactorReport ra = la->nystromFactors(c.damping, c.variant);
+      if (lb) {
+        const FactorReport rb = lb->nystromFactors(c.damping, c.variant);
+        if (ra.status != rb.status) statusesEqual = false;
+        LayerState sa, sb;
+        la->exportState(sa);
+        lb->exportState(sb);
+        if (sa.hasFactors && sb.hasFactors) {
+          const std::vector<float> ha = lambdaHat(sa), hb = lambdaHat(sb);
+          double scale = 1.0;
+          for (float v : ha) scale = std::max(scale, 1.0 + v);
+          double d = ha.size() == hb.size() ? 0.0 : INFINITY;
+          for (size_t i = 0; i < ha.size() && i < hb.size(); ++i) d = std::max(d, std::fabs(double(ha[i]) - hb[i]));
+          worstLambda = std::max(worstLambda, d / scale);
+        }
+      }
+    }
+    std::vector<float> g = rng.uniform(static_cast<size_t>(n), 0.05f);
+    std::vector<float> gb = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.05f) : std::vector<float>();
+    la->preconditionedMomentumStep(wa.data(), s.bias ? ba.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr,
+                                   c.scalars);
+    if (lb) {
+      lb->preconditionedMomentumStep(wb.data(), s.bias ? bb.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr,
+                                     c.scalars);
+      worstW = std::max(worstW, relativeError(wa, wb));
+      if (s.bias) worstW = std::max(worstW, relativeError(ba, bb));
+    }
+  }
+
+  r.json.str("name", c.name);
+  if (lb) {
+    LayerState sa, sb;
+    la->exportState(sa);
+    lb->exportState(sb);
+    if (!c.callerSketch) philoxIdentical = bitwiseEqual(sa.sketch, sb.sketch) && sa.indices == sb.indices;
+    const double emaError = relativeError(sa.ema, sb.ema);
+    const double momentumError = std::max(relativeError(sa.momentum, sb.momentum), relativeError(sa.biasMomentum, sb.biasMomentum));
+    check(r, failures, worstW <= tol.weights, "weights within " + num(tol.weights) + " (worst " + num(worstW) + ")");
+    check(r, failures, worstC <= tol.covariance, "pending covariance within " + num(tol.covariance) + " (worst " + num(worstC) + ")");
+    check(r, failures, emaError <= tol.state, "ema within " + num(tol.state) + " (" + num(emaError) + ")");
+    check(r, failures, momentumError <= tol.state, "momentum within " + num(tol.state) + " (" + num(momentumError) + ")");
+    check(r, failures, worstLambda <= tol.lambda, "lambda-hat within " + num(tol.lambda) + " (worst " + num(worstLambda) + ")");
+    check(r, failures, philoxIdentical, "Philox sketches bit-identical");
+    check(r, failures, statusesEqual, "factor statuses equal");
+    check(r, failures, sa.emaSteps == sb.emaSteps && sa.decayProduct == sb.decayProduct && sa.hasFactors == sb.hasFactors &&
+                           sa.factorFallbacks == sb.factorFallbacks && sa.inverseDamping == sb.inverseDamping,
+          "counters equal");
+    // State round trip: the CPU's state imported into a fresh CUDA layer exports bit-identically.
+    std::unique_ptr<Layer> lc = b->createLayer(s);
+    lc->importState(sa);
+    LayerState sc;
+    lc->exportState(sc);
+    check(r, failures,
+          bitwiseEqual(sa.ema, sc.ema) && bitwiseEqual(sa.sketch, sc.sketch) && sa.indices == sc.indices &&
+              bitwiseEqual(sa.basis, sc.basis) && bitwiseEqual(sa.coefficients, sc.coefficients) &&
+              bitwiseEqual(sa.momentum, sc.momentum) && bitwiseEqual(sa.biasMomentum, sc.biasMomentum) &&
+              sa.emaSteps == sc.emaSteps && sa.decayProduct == sc.decayProduct,
+          "state round trip CPU -> CUDA -> host bit-identical");
+    r.json.number("weights", worstW).number("covariance", worstC).number("ema", emaError).number("momentum", momentumError)
+        .number("lambdaHat", worstLambda).boolean("philoxIdentical", philoxIdentical).boolean("statusesEqual", statusesEqual)
+        .number("stateBytesCuda", static_cast<double>(lb->stateBytes()));
+  }
+  r.seconds = seconds() - t0;
+  r.json.number("seconds", r.seconds).boolean("ok", r.ok).add("failures", array(failures));
+  return r;
+}
+
+// The Philox draw itself, CPU against CUDA, through a layer's committed sketch (no sketch input).
+Object philoxCheck(Backend& cuda, bool& identical) {
+  Object o;
+  identical = true;
+  int draws = 0;
+  for (int64_t p : {3, 17, 257, 1031}) {
+    for (uint64_t step : {0ull, 1ull, 5ull}) {
+      LayerSpec s = dense(p, 4, false, std::min<int64_t>(p - 1, 33), SketchKind::Gaussian, WeightLayout::InOut);
+      s.seed = 0xfeedfacecafebeefull + step;
+      s.layerKey = static_cast<uint32_t>(p);
+      std::unique_ptr<Layer> l = cuda.createLayer(s);
+      std::vector<float> x(static_cast<size_t>(2 * p), 0.25f);
+      for (uint64_t i = 0; i <= step; ++i) {
+        l->sketchCovarianceDense(x.data(), 2, SketchInput{});
+        l->commitStatistics(0.9);
+      }
+      LayerState st;
+      l->exportState(st);
+      std::vector<float> expected(static_cast<size_t>(p * s.r()));
+      philoxGaussianSketch(s.seed, s.layerKey, step, p, s.r(), expected.data());
+      identical = identical && bitwiseEqual(st.sketch, expected);
+      ++draws;
+    }
+  }
+  o.boolean("gaussianBitIdentical", identical).number("draws", draws);
+  return o;
+}
+
+// ---- ResNet-50 shapes ---------------------------------------------------------------------------
+
+struct NetLayer {
+  std::string name;
+  int kh, kw, cin, cout, stride;
+  int inH;  // input spatial size (square)
+  bool bias;
+};
+
+std::vector<NetLayer> resnet50() {
+  std::vector<NetLayer> layers;
+  layers.push_back({"conv1", 7, 7, 3, 64, 2, 224, false});
+  struct Stage { int blocks, width, out, inH; };
+  const Stage stages[] = {{3, 64, 256, 56}, {4, 128, 512, 56}, {6, 256, 1024, 28}, {3, 512, 2048, 14}};
+  int cin = 64;
+  for (int si = 0; si < 4; ++si) {
+    const Stage& st = stages[si];
+    for (int b = 0; b < st.blocks; ++b) {
+      const int stride = (b == 0 && si > 0) ? 2 : 1;
+      const int h = b == 0 ? st.inH : st.inH / (si > 0 ? 2 : 1);
+      const std::string base = "layer" + std::to_string(si + 1) + "." + std::to_string(b);
+      layers.push_back({base + ".conv1", 1, 1, cin, st.width, 1, h, false});
+      layers.push_back({base + ".conv2", 3, 3, st.width, st.width, stride, h, false});
+      const int hOut = h / stride;
+      layers.push_back({base + ".conv3", 1, 1, st.width, st.out, 1, hOut, false});
+      if (b == 0) layers.push_back({base + ".downsample", 1, 1, cin, st.out, stride, h, false});
+      cin = st.out;
+    }
+  }
+  layers.push_back({"fc", 1, 1, 2048, 1000, 1, 1, true});
+  return layers;
+}
+
+LayerSpec specOf(const NetLayer& l, int64_t rank) {
+  if (l.name == "fc") return dense(l.cin, l.cout, true, rank, SketchKind::Gaussian, WeightLayout::InOut);
+  return conv(l.kh, l.kw, l.cin, l.cout, l.stride, l.stride, 1, 1, Padding::Same, l.bias, rank, SketchKind::Gaussian);
+}
+
+Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch, int repeats, bool quick) {
+  Object o;
+  nysact_cuda_error error{};
+  auto ok = [&](int32_t status) { checkCuda(status, error); };
+
+  // Ceilings (METHOD.md): a large device-to-device copy and a large SGEMM.
+  const uint64_t copyBytes = quick ? (uint64_t{256} << 20) : (uint64_t{2} << 30);
+  double copyMs = 0, gemmMs = 0;
+  ok(api.benchCopy(copyBytes, repeats, &copyMs, &error));
+  const int64_t g = quick ? 4096 : 8192;
+  ok(api.benchSgemm(g, g, g, repeats, &gemmMs, &error));
+  const double copyGBs = 2.0 * static_cast<double>(copyBytes) / (copyMs * 1e-3) / 1e9;
+  const double gemmTflops = 2.0 * double(g) * g * g / (gemmMs * 1e-3) / 1e12;
+  o.add("ceilings", Object()
+                        .number("copyBytes", double(copyBytes)).number("copyMs", copyMs)
+                        .number("copyGBps_readPlusWrite", copyGBs)
+                        .number("sgemmSize", double(g)).number("sgemmMs", gemmMs).number("sgemmTflops", gemmTflops)
+                        .json(2));
+
+  const std::vector<NetLayer> net = resnet50();
+  const int64_t rank = 50;
+
+  // Fused update over every ResNet-50 weight (InOut layout, as tfjs stores it).
+  {
+    double totalMs = 0, totalBytes = 0;
+    std::vector<std::string> rows;
+    for (const NetLayer& l : net) {
+      const int64_t p = int64_t{l.kh} * l.kw * l.cin, q = l.cout;
+      double ms = 0;
+      ok(api.benchFusedUpdate(p, q, rank, 0, repeats, &ms, &error));
+      // Bytes the update must move: read G, θ, buf and write θ, buf (fp32).
+      const double bytes = 20.0 * double(p) * double(q);
+      totalMs += ms;
+      totalBytes += bytes;
+      if (!quick || rows.size() < 8) {
+        rows.push_back(Object().str("layer", l.name).number("p", double(p)).number("q", double(q)).number("ms", ms)
+                           .number("fractionOfCopyBandwidth", bytes / (ms * 1e-3) / 1e9 / copyGBs).json(4));
+      }
+    }
+    o.add("fusedUpdate", Object()
+                             .number("rank", double(rank)).number("layers", double(net.size()))
+                             .number("totalMs", totalMs).number("bytes", totalBytes)
+                             .number("GBps", totalBytes / (totalMs * 1e-3) / 1e9)
+                             .number("fractionOfCopyBandwidth", totalBytes / (totalMs * 1e-3) / 1e9 / copyGBs)
+                             .str("note", "bytes = 5 fp32 accesses per weight (read G, θ, buf; write θ, buf); the "
+                                          "M = G U product reads G once more and is included in the time")
+                             .add("perLayer", array(rows))
+                             .json(2));
+  }
+
+  // Statistics step on every ResNet-50 layer at `batch` (224² input), rank 50, resident input.
+  {
+    double totalMs = 0, totalFlop = 0;
+    std::vector<std::string> rows;
+    for (const NetLayer& l : net) {
+      const LayerSpec s = specOf(l, rank);
+      const nysact_cuda_layer_spec cs = toCudaSpec(s);
+      double ms = 0;
+      int64_t rowsN;
+      if (s.kind == LayerKind::Dense) {
+        ok(api.benchSketch(&cs, batch, 0, 0, repeats, &ms, &error));
+        rowsN = batch;
+      } else {
+        ok(api.benchSketch(&cs, batch, l.inH, l.inH, repeats, &ms, &error));
+        const ConvGeometry geo = convGeometry(s, l.inH, l.inH);
+        rowsN = batch * geo.outH * geo.outW;
+      }
+      // Z = X̃ S and C = X̃ᵀ Z: 2·n·p·k multiply-adds.
+      const double flop = 4.0 * double(rowsN) * double(s.p()) * double(s.r());
+      totalMs += ms;
+      totalFlop += flop;
+      if (!quick || rows.size() < 8) {
+        rows.push_back(Object().str("layer", l.name).number("n", double(rowsN)).number("p", double(s.p()))
+                           .number("ms", ms).number("tflops", flop / (ms * 1e-3) / 1e12)
+                           .number("fractionOfSgemm", flop / (ms * 1e-3) / 1e12 / gemmTflops).json(4));
+      }
+    }
+    o.add("sketch", Object()
+                        .number("batch", double(batch)).number("rank", double(rank)).number("totalMs", totalMs)
+                        .number("tflop", totalFlop / 1e12).number("tflops", totalFlop / (totalMs * 1e-3) / 1e12)
+                        .number("fractionOfSgemm", totalFlop / (totalMs * 1e-3) / 1e12 / gemmTflops)
+                        .add("perLayer", array(rows))
+                        .json(2));
+  }
+
+  // Inverse update of every ResNet-50 layer at rank 50 (statistics from 256 random rows).
+  {
+    double cudaSeconds = 0, cpuSeconds = 0;
+    int fallbacks = 0;
+    Random rng(42);
+    const size_t count = quick ? 6 : net.size();
+    for (size_t i = 0; i < count; ++i) {
+      const NetLayer& l = net[i];
+      const LayerSpec s = dense(int64_t{l.kh} * l.kw * l.cin, l.cout, l.bias, rank, SketchKind::Gaussian, WeightLayout::InOut);
+      const std::vector<float> x = rng.uniform(static_cast<size_t>(256 * s.fanIn), 1.0f);
+      for (Backend* backend : {&cuda, &cpu}) {
+        std::unique_ptr<Layer> layer = backend->createLayer(s);
+        layer->sketchCovarianceDense(x.data(), 256, SketchInput{});
+        layer->commitStatistics(0.95);
+        layer->nystromFactors(1.0, NystromVariant::Reference);  // warm-up (workspace, handles)
+        const double t0 = seconds();
+        const FactorReport report = layer->nystromFactors(1.0, NystromVariant::Reference);
+        const double dt = seconds() - t0;
+        if (report.status != FactorStatus::Ok) ++fallbacks;
+        (backend == &cuda ? cudaSeconds : cpuSeconds) += dt;
+      }
+    }
+    o.add("inverse", Object()
+                         .number("layers", double(count)).number("rank", double(rank))
+                         .number("cudaMs", cudaSeconds * 1e3).number("cpuMs", cpuSeconds * 1e3)
+                         .number("cpuThreads", cpuThreads()).number("nonOkStatuses", fallbacks)
+                         .json(2));
+  }
+  return o;
+}
+
+std::string executableDirectory() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  buf[n] = '\0';
+  std::string path = buf;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, bench = true, parity = true;
+  int64_t batch = 256;
+  int repeats = 5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--no-parity") {
+      parity = false;
+    } else if (a == "--no-bench") {
+      bench = false;
+    } else if (a == "--batch" && i + 1 < argc) {
+      batch = std::atoll(argv[++i]);
+    } else if (a == "--repeats" && i + 1 < argc) {
+      repeats = std::atoi(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]\n");
+      return 2;
+    }
+  }
+  if (std::getenv("NYSACT_CUDA_LIBRARY") == nullptr) setCudaLibraryDirectory(executableDirectory());
+
+  Object out;
+  out.str("driver", "nysact").number("interfaceVersion", kBackendInterfaceVersion).number("cpuThreads", cpuThreads());
+  const CudaBackendStatus& status = cudaBackendStatus();
+  out.add("cuda", Object()
+                      .boolean("available", status.available).str("reason", status.reason)
+                      .str("library", status.library).str("device", status.device)
+                      .json(2));
+  bool allOk = true;
+  Backend& cpu = cpuBackend();
+  Backend* cuda = nullptr;
+  std::string fatal;
+  try {
+    if (status.available) cuda = &cudaBackend();
+    if (cuda != nullptr && parity) {
+      bool identical = false;
+      out.add("philox", philoxCheck(*cuda, identical).json(2));
+      allOk = allOk && identical;
+    }
+    std::vector<std::string> results;
+    double total = 0;
+    int passed = 0, failed = 0;
+    for (const Case& c : parity ? parityCases(quick) : std::vector<Case>()) {
+      CaseResult r = runCase(c, cpu, cuda);
+      total += r.seconds;
+      (r.ok ? passed : failed) += 1;
+      allOk = allOk && r.ok;
+      results.push_back(r.json.json(4));
+    }
+    out.add("parity", Object()
+                          .str("mode", !parity ? "skipped (--no-parity)"
+                                       : cuda  ? "cpu-vs-cuda"
+                                               : "cpu only (harness smoke run; nothing compared)")
+                          .number("passed", passed).number("failed", failed).number("seconds", total)
+                          .add("cases", array(results))
+                          .json(2));
+    if (cuda != nullptr && bench) {
+      out.add("bench", benchmarks(*cudaApi(), cpu, *cuda, batch, repeats, quick).json(2));
+    } else {
+      out.str("bench", cuda ? "skipped (--no-bench)" : "skipped: the CUDA backend is unavailable");
+    }
+  } catch (const Error& e) {
+    fatal = e.code() + ": " + e.what();
+  } catch (const std::exception& e) {
+    fatal = e.what();
+  }
+  if (!fatal.empty()) {
+    out.str("error", fatal);
+    allOk = false;
+  }
+  out.boolean("ok", allOk);
+  std::printf("%s\n", out.json().c_str());
+  return allOk ? 0 : 1;
+}

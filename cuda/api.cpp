@@ -1,0 +1,399 @@
+// The C ABI of nysact_cuda.so (cuda/nysact_cuda_api.h): every entry point catches everything and
+// reports through the caller's nysact_cuda_error; nothing C++ crosses the boundary.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <sstream>
+#include <vector>
+
+#include "bench.cuh"
+#include "context.h"
+#include "layer.h"
+#include "nysact_cuda_api.h"
+
+struct nysact_cuda_layer {
+  std::unique_ptr<nysact::cuda::CudaLayer> layer;
+};
+
+namespace nysact {
+namespace cuda {
+namespace {
+
+void copyText(char* dst, size_t cap, const std::string& text) {
+  const size_t n = std::min(cap - 1, text.size());
+  std::memcpy(dst, text.data(), n);
+  dst[n] = '\0';
+}
+
+void fail(nysact_cuda_error* error, const std::string& code, const std::string& message) {
+  if (error == nullptr) return;
+  copyText(error->code, sizeof(error->code), code);
+  copyText(error->message, sizeof(error->message), message);
+}
+
+template <typename F>
+int32_t guarded(nysact_cuda_error* error, F&& f) {
+  try {
+    f();
+    return NYSACT_CUDA_OK;
+  } catch (const Error& e) {
+    fail(error, e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    fail(error, kNativeCode, "Out of host memory in the CUDA backend");
+  } catch (const std::exception& e) {
+    fail(error, kNativeCode, std::string("CUDA backend: ") + e.what());
+  } catch (...) {
+    fail(error, kNativeCode, "CUDA backend: unknown failure");
+  }
+  return NYSACT_CUDA_FAILED;
+}
+
+void requireStruct(uint32_t actual, size_t expected, const char* what) {
+  if (actual != expected) {
+    std::ostringstream s;
+    s << what << ".struct_size is " << actual << ", expected " << expected
+      << " (the addon and nysact_cuda.so come from different builds)";
+    throw Error("ERR_NYSACT_BACKEND_UNAVAILABLE", s.str());
+  }
+}
+
+CudaLayer& layerOf(nysact_cuda_layer* handle) {
+  if (handle == nullptr || !handle->layer) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null CUDA layer handle");
+  return *handle->layer;
+}
+
+// Runs f on the layer with its device current and its context locked.
+template <typename F>
+int32_t onLayer(nysact_cuda_layer* handle, nysact_cuda_error* error, F&& f) {
+  return guarded(error, [&] {
+    CudaLayer& layer = layerOf(handle);
+    std::lock_guard<std::mutex> lock(layer.context().mutex());
+    layer.context().activate();
+    f(layer);
+  });
+}
+
+LayerSpec toSpec(const nysact_cuda_layer_spec& c) {
+  requireStruct(c.struct_size, sizeof(nysact_cuda_layer_spec), "nysact_cuda_layer_spec");
+  LayerSpec s;
+  s.kind = static_cast<LayerKind>(c.kind);
+  s.sketch = static_cast<SketchKind>(c.sketch);
+  s.layout = static_cast<WeightLayout>(c.layout);
+  s.padding = static_cast<Padding>(c.padding);
+  s.bias = c.bias != 0;
+  s.fanIn = c.fan_in;
+  s.fanOut = c.fan_out;
+  s.rank = c.rank;
+  s.size = c.size;
+  s.kernelH = c.kernel_h;
+  s.kernelW = c.kernel_w;
+  s.inChannels = c.in_channels;
+  s.strideH = c.stride_h;
+  s.strideW = c.stride_w;
+  s.dilationH = c.dilation_h;
+  s.dilationW = c.dilation_w;
+  s.seed = c.seed;
+  s.layerKey = c.layer_key;
+  return s;
+}
+
+SketchInput toSketch(const float* matrix, const int32_t* indices) {
+  SketchInput in;
+  in.matrix = matrix;
+  in.indices = indices;
+  return in;
+}
+
+template <typename T>
+std::vector<T> fromArray(const T* data, int64_t length, const char* field) {
+  if (length < 0 || (length > 0 && data == nullptr)) {
+    throw Error("ERR_NYSACT_STATE", std::string("state.") + field + " has a negative length or a null array");
+  }
+  return std::vector<T>(data, data + length);
+}
+
+template <typename T>
+void toArray(const std::vector<T>& v, T* data, int64_t length, const char* field) {
+  if (length != static_cast<int64_t>(v.size()) || (length > 0 && data == nullptr)) {
+    std::ostringstream s;
+    s << "export buffer state." << field << " holds " << length << " elements, expected " << v.size();
+    throw Error("ERR_NYSACT_INVALID_ARGUMENT", s.str());
+  }
+  if (!v.empty()) std::memcpy(data, v.data(), v.size() * sizeof(T));
+}
+
+std::string versionText(int v) {
+  std::ostringstream s;
+  s << v / 1000 << "." << (v % 1000) / 10;
+  return s.str();
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace nysact
+
+using namespace nysact;
+using namespace nysact::cuda;
+
+extern "C" {
+
+int32_t nysact_cuda_abi_version(void) { return NYSACT_CUDA_ABI_VERSION; }
+
+int32_t nysact_cuda_probe(nysact_cuda_device_info* info, nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    if (info == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null device info");
+    requireStruct(info->struct_size, sizeof(nysact_cuda_device_info), "nysact_cuda_device_info");
+    const uint32_t size = info->struct_size;
+    std::memset(info, 0, sizeof(*info));
+    info->struct_size = size;
+    info->device = -1;
+    (void)cudaRuntimeGetVersion(&info->runtime_version);
+    (void)cudaDriverGetVersion(&info->driver_version);
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    (void)cudaGetLastError();
+    if (status != cudaSuccess) {
+      std::ostringstream s;
+      s << "cudaGetDeviceCount failed: " << cudaGetErrorString(status) << " (" << cudaGetErrorName(status) << ")";
+      if (info->driver_version == 0) {
+        s << "; no NVIDIA driver was found (libcuda.so.1 is not loadable): install the NVIDIA driver (>= 580 for CUDA "
+          << versionText(info->runtime_version) << ")";
+      } else if (info->driver_version < info->runtime_version) {
+        s << "; the NVIDIA driver supports CUDA " << versionText(info->driver_version) << " but this build needs CUDA "
+          << versionText(info->runtime_version) << ": update the driver";
+      }
+      throw Error("ERR_NYSACT_BACKEND_UNAVAILABLE", s.str());
+    }
+    info->device_count = count;
+    if (count == 0) throw Error("ERR_NYSACT_BACKEND_UNAVAILABLE", "no CUDA device is present");
+    int device = 0;
+    if (const char* v = std::getenv("NYSACT_CUDA_DEVICE")) device = std::atoi(v);
+    if (device < 0 || device >= count) {
+      std::ostringstream s;
+      s << "NYSACT_CUDA_DEVICE=" << device << " but " << count << " CUDA device(s) are present";
+      throw Error("ERR_NYSACT_BACKEND_UNAVAILABLE", s.str());
+    }
+    cudaDeviceProp prop{};
+    NYSACT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    info->device = device;
+    info->major = prop.major;
+    info->minor = prop.minor;
+    info->multiprocessors = prop.multiProcessorCount;
+    info->total_memory = prop.totalGlobalMem;
+    copyText(info->name, sizeof(info->name), prop.name);
+    if (prop.major < 8) {
+      std::ostringstream s;
+      s << prop.name << " has compute capability " << prop.major << "." << prop.minor
+        << "; the CUDA backend is built for 8.0 and newer (sm_80, sm_90 and compute_90 PTX)";
+      throw Error("ERR_NYSACT_BACKEND_UNAVAILABLE", s.str());
+    }
+  });
+}
+
+int32_t nysact_cuda_layer_create(const nysact_cuda_layer_spec* spec, nysact_cuda_layer** out, nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    if (spec == nullptr || out == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null spec or output handle");
+    *out = nullptr;
+    const LayerSpec s = toSpec(*spec);
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    auto handle = std::make_unique<nysact_cuda_layer>();
+    handle->layer = std::make_unique<CudaLayer>(ctx, s);
+    *out = handle.release();
+  });
+}
+
+void nysact_cuda_layer_destroy(nysact_cuda_layer* handle) {
+  if (handle == nullptr) return;
+  try {
+    if (handle->layer) {
+      Context& ctx = handle->layer->context();
+      std::lock_guard<std::mutex> lock(ctx.mutex());
+      (void)cudaSetDevice(ctx.device());
+      handle->layer.reset();
+    }
+  } catch (...) {
+    // Freeing never reports: cudaFree failures mean the context is already broken.
+  }
+  delete handle;
+}
+
+int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* handle, const float* x, int64_t rows, const float* sketch_matrix,
+                                 const int32_t* sketch_indices, int32_t* accepted, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    *accepted = l.sketchCovarianceDense(x, rows, toSketch(sketch_matrix, sketch_indices)) ? 1 : 0;
+  });
+}
+
+int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* handle, const float* x, int64_t batch, int64_t height, int64_t width,
+                                const float* sketch_matrix, const int32_t* sketch_indices, int32_t* accepted,
+                                nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    ConvInput in;
+    in.batch = batch;
+    in.height = height;
+    in.width = width;
+    *accepted = l.sketchCovarianceConv(x, in, toSketch(sketch_matrix, sketch_indices)) ? 1 : 0;
+  });
+}
+
+int32_t nysact_cuda_has_pending(nysact_cuda_layer* handle, int32_t* out, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { *out = l.hasPendingStatistics() ? 1 : 0; });
+}
+
+int32_t nysact_cuda_discard_pending(nysact_cuda_layer* handle, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { l.discardPendingStatistics(); });
+}
+
+int32_t nysact_cuda_read_pending(nysact_cuda_layer* handle, float* out, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { l.readPendingCovariance(out); });
+}
+
+int32_t nysact_cuda_write_pending(nysact_cuda_layer* handle, const float* in, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { l.writePendingCovariance(in); });
+}
+
+int32_t nysact_cuda_commit(nysact_cuda_layer* handle, double stat_decay, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { l.commitStatistics(stat_decay); });
+}
+
+int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* handle, double damping, int32_t variant,
+                                    nysact_cuda_factor_report* report, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    if (report == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null factor report");
+    requireStruct(report->struct_size, sizeof(nysact_cuda_factor_report), "nysact_cuda_factor_report");
+    const FactorReport r = l.nystromFactors(damping, static_cast<NystromVariant>(variant));
+    report->status = static_cast<int32_t>(r.status);
+    report->attempts = r.attempts;
+    report->shift = r.shift;
+    copyText(report->detail, sizeof(report->detail), r.detail);
+  });
+}
+
+int32_t nysact_cuda_step(nysact_cuda_layer* handle, float* weight, float* bias, const float* grad_weight,
+                         const float* grad_bias, const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    if (scalars == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step scalars");
+    requireStruct(scalars->struct_size, sizeof(nysact_cuda_step_scalars), "nysact_cuda_step_scalars");
+    StepScalars s;
+    s.lr = scalars->lr;
+    s.momentum = scalars->momentum;
+    s.weightDecay = scalars->weight_decay;
+    s.nesterov = scalars->nesterov != 0;
+    s.decoupledWeightDecay = scalars->decoupled_weight_decay != 0;
+    l.preconditionedMomentumStep(weight, bias, grad_weight, grad_bias, s);
+  });
+}
+
+int32_t nysact_cuda_state_lengths(nysact_cuda_layer* handle, nysact_cuda_state* state, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    if (state == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null state");
+    requireStruct(state->struct_size, sizeof(nysact_cuda_state), "nysact_cuda_state");
+    LayerState st;
+    l.exportState(st);
+    state->ema_length = static_cast<int64_t>(st.ema.size());
+    state->sketch_length = static_cast<int64_t>(st.sketch.size());
+    state->indices_length = static_cast<int64_t>(st.indices.size());
+    state->basis_length = static_cast<int64_t>(st.basis.size());
+    state->coefficients_length = static_cast<int64_t>(st.coefficients.size());
+    state->momentum_length = static_cast<int64_t>(st.momentum.size());
+    state->bias_momentum_length = static_cast<int64_t>(st.biasMomentum.size());
+  });
+}
+
+int32_t nysact_cuda_export_state(nysact_cuda_layer* handle, nysact_cuda_state* state, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    if (state == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null state");
+    requireStruct(state->struct_size, sizeof(nysact_cuda_state), "nysact_cuda_state");
+    LayerState st;
+    l.exportState(st);
+    toArray(st.ema, state->ema, state->ema_length, "ema");
+    toArray(st.sketch, state->sketch, state->sketch_length, "sketch");
+    toArray(st.indices, state->indices, state->indices_length, "indices");
+    toArray(st.basis, state->basis, state->basis_length, "basis");
+    toArray(st.coefficients, state->coefficients, state->coefficients_length, "coefficients");
+    toArray(st.momentum, state->momentum, state->momentum_length, "momentum");
+    toArray(st.biasMomentum, state->bias_momentum, state->bias_momentum_length, "biasMomentum");
+    state->inverse_damping = st.inverseDamping;
+    state->decay_product = st.decayProduct;
+    state->ema_steps = st.emaSteps;
+    state->has_factors = st.hasFactors ? 1 : 0;
+    state->factor_fallbacks = st.factorFallbacks;
+  });
+}
+
+int32_t nysact_cuda_import_state(nysact_cuda_layer* handle, const nysact_cuda_state* state, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) {
+    if (state == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null state");
+    requireStruct(state->struct_size, sizeof(nysact_cuda_state), "nysact_cuda_state");
+    LayerState st;
+    st.ema = fromArray(state->ema, state->ema_length, "ema");
+    st.sketch = fromArray(state->sketch, state->sketch_length, "sketch");
+    st.indices = fromArray(state->indices, state->indices_length, "indices");
+    st.basis = fromArray(state->basis, state->basis_length, "basis");
+    st.coefficients = fromArray(state->coefficients, state->coefficients_length, "coefficients");
+    st.momentum = fromArray(state->momentum, state->momentum_length, "momentum");
+    st.biasMomentum = fromArray(state->bias_momentum, state->bias_momentum_length, "biasMomentum");
+    st.inverseDamping = state->inverse_damping;
+    st.decayProduct = state->decay_product;
+    st.emaSteps = state->ema_steps;
+    st.hasFactors = state->has_factors != 0;
+    st.factorFallbacks = state->factor_fallbacks;
+    l.importState(st);
+  });
+}
+
+int32_t nysact_cuda_state_bytes(nysact_cuda_layer* handle, uint64_t* bytes, nysact_cuda_error* error) {
+  return onLayer(handle, error, [&](CudaLayer& l) { *bytes = static_cast<uint64_t>(l.stateBytes()); });
+}
+
+// ---- benchmarks (bench.cu) ----
+
+int32_t nysact_cuda_bench_copy(uint64_t bytes, int32_t repeats, double* milliseconds, nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    *milliseconds = benchCopy(ctx, bytes, repeats);
+  });
+}
+
+int32_t nysact_cuda_bench_sgemm(int64_t m, int64_t n, int64_t k, int32_t repeats, double* milliseconds,
+                                nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    *milliseconds = benchSgemm(ctx, m, n, k, repeats);
+  });
+}
+
+int32_t nysact_cuda_bench_fused_update(int64_t p, int64_t q, int64_t r, int32_t layout, int32_t repeats,
+                                       double* milliseconds, nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    *milliseconds = benchFusedUpdate(ctx, p, q, r, static_cast<WeightLayout>(layout), repeats);
+  });
+}
+
+int32_t nysact_cuda_bench_sketch(const nysact_cuda_layer_spec* spec, int64_t batch, int64_t height, int64_t width,
+                                 int32_t repeats, double* milliseconds, nysact_cuda_error* error) {
+  return guarded(error, [&] {
+    if (spec == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null spec");
+    const LayerSpec s = toSpec(*spec);
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    CudaLayer layer(ctx, s);
+    *milliseconds = benchSketch(ctx, layer, batch, height, width, repeats);
+  });
+}
+
+}  // extern "C"

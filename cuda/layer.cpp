@@ -1,0 +1,339 @@
+#include "layer.h"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "nystrom.cuh"
+#include "sketch.cuh"
+#include "update.cuh"
+
+namespace nysact {
+namespace cuda {
+namespace {
+
+[[noreturn]] void stateError(const std::string& message) { throw Error("ERR_NYSACT_STATE", message); }
+
+// The CPU backend's messages (binding/cpu/cpu_backend.cpp requireSize), so that errors read the
+// same on every backend.
+template <typename T>
+void requireSize(const char* field, const std::vector<T>& v, size_t expected, bool allowEmpty) {
+  if (v.size() == expected || (allowEmpty && v.empty())) return;
+  std::ostringstream msg;
+  msg << "Expected state." << field << " to have " << expected << " elements" << (allowEmpty ? " (or none)" : "")
+      << " but received " << v.size();
+  stateError(msg.str());
+}
+
+template <typename T>
+void zeroed(const Context& ctx, DeviceArray<T>& a, size_t n) {
+  a.resize(n);
+  if (n > 0) NYSACT_CUDA_CHECK(cudaMemsetAsync(a.data(), 0, n * sizeof(T), ctx.stream()));
+}
+
+template <typename T>
+void upload(const Context& ctx, DeviceArray<T>& a, const std::vector<T>& v) {
+  a.resize(v.size());
+  copyToDevice(ctx, a.data(), v.data(), v.size() * sizeof(T));
+}
+
+template <typename T>
+std::vector<T> download(const Context& ctx, const DeviceArray<T>& a) {
+  std::vector<T> v(a.size());
+  copyToHost(ctx, v.data(), a.data(), a.bytes());
+  return v;
+}
+
+template <typename T>
+T* piece(char* base, size_t offset) {
+  return reinterpret_cast<T*>(base + offset);
+}
+
+}  // namespace
+
+CudaLayer::CudaLayer(Context& ctx, const LayerSpec& spec) : ctx_(ctx), spec_(spec) {
+  validateLayerSpec(spec_);
+  if (spec_.kind == LayerKind::Plain) {
+    zeroed(ctx_, momentum_, static_cast<size_t>(spec_.size));
+  } else {
+    p_ = spec_.p();
+    k_ = spec_.r();
+    zeroed(ctx_, ema_, static_cast<size_t>(p_ * k_));
+    zeroed(ctx_, momentum_, static_cast<size_t>(spec_.weightSize()));
+    if (spec_.bias) zeroed(ctx_, biasMomentum_, static_cast<size_t>(spec_.fanOut));
+  }
+  ctx_.synchronize();
+}
+
+void CudaLayer::requirePreconditioned(const char* what) const {
+  if (spec_.kind == LayerKind::Plain) {
+    throw Error("ERR_NYSACT_INVALID_ARGUMENT", std::string(what) + " is not available on a plain parameter");
+  }
+}
+
+void CudaLayer::requirePending() const {
+  requirePreconditioned("pending statistics");
+  if (!hasPending_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "no pending statistics: call sketchCovariance first");
+}
+
+void CudaLayer::prepareSketch(const SketchInput& in) {
+  if (spec_.fullCovariance()) return;
+  const uint64_t step = static_cast<uint64_t>(emaSteps_);
+  if (spec_.sketch == SketchKind::Gaussian) {
+    candidateSketch_.resize(static_cast<size_t>(p_ * k_));
+    if (in.matrix != nullptr) {
+      copyToDevice(ctx_, candidateSketch_.data(), in.matrix, candidateSketch_.bytes());
+    } else {
+      launchGaussianSketch(ctx_, spec_.seed, spec_.layerKey, step, p_, k_, candidateSketch_.data());
+    }
+  } else {
+    // The subcolumn draw is a sequential partial Fisher–Yates over k integers: drawn on the host by
+    // the shared code (binding/common.cpp), identical by construction, and uploaded (k ints).
+    candidateIndices_.resize(static_cast<size_t>(k_));
+    if (in.indices != nullptr) {
+      std::memcpy(candidateIndices_.data(), in.indices, candidateIndices_.size() * sizeof(int32_t));
+    } else {
+      philoxSubcolumns(spec_.seed, spec_.layerKey, step, p_, k_, candidateIndices_.data());
+    }
+    upload(ctx_, candidateIndicesDevice_, candidateIndices_);
+  }
+}
+
+bool CudaLayer::runSketch(const float* x, int64_t rows, const ConvInput* conv, bool deviceResident) {
+  candidateCovariance_.resize(static_cast<size_t>(p_ * k_));
+  SketchOperand operand;
+  if (!spec_.fullCovariance()) {
+    if (spec_.sketch == SketchKind::Gaussian) {
+      operand.matrix = candidateSketch_.data();
+    } else {
+      operand.indices = candidateIndicesDevice_.data();
+    }
+  }
+  bool ok;
+  if (conv == nullptr) {
+    ok = cuda::sketchCovarianceDense(ctx_, x, rows, spec_.fanIn, spec_.bias, operand, k_, candidateCovariance_.data());
+  } else {
+    const float* deviceX = x;
+    if (!deviceResident) {
+      const size_t bytes = static_cast<size_t>(conv->batch * conv->height * conv->width * spec_.inChannels) * sizeof(float);
+      float* staged = reinterpret_cast<float*>(ctx_.staging(bytes));
+      copyToDevice(ctx_, staged, x, bytes);
+      deviceX = staged;
+    }
+    ok = cuda::sketchCovarianceConv(ctx_, deviceX, spec_, *conv, operand, k_, candidateCovariance_.data());
+  }
+  if (!ok) return false;
+  pendingCovariance_.swap(candidateCovariance_);
+  if (!spec_.fullCovariance()) {
+    if (spec_.sketch == SketchKind::Gaussian) {
+      pendingSketch_.swap(candidateSketch_);
+    } else {
+      pendingIndices_ = candidateIndices_;
+    }
+  }
+  hasPending_ = true;
+  return true;
+}
+
+bool CudaLayer::sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) {
+  requirePreconditioned("sketchCovarianceDense");
+  prepareSketch(sketch);
+  return runSketch(x, rows, nullptr, false);
+}
+
+bool CudaLayer::sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) {
+  requirePreconditioned("sketchCovarianceConv");
+  if (spec_.kind != LayerKind::Conv2d) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "sketchCovarianceConv needs a conv2d layer");
+  prepareSketch(sketch);
+  return runSketch(x, 0, &input, false);
+}
+
+bool CudaLayer::sketchResident(const float* deviceX, int64_t rows, const ConvInput* conv) {
+  requirePreconditioned("sketchResident");
+  prepareSketch(SketchInput{});
+  return runSketch(deviceX, rows, conv, true);
+}
+
+void CudaLayer::discardPendingStatistics() { hasPending_ = false; }
+
+void CudaLayer::readPendingCovariance(float* out) const {
+  requirePending();
+  copyToHost(ctx_, out, pendingCovariance_.data(), pendingCovariance_.bytes());
+  ctx_.synchronize();
+}
+
+void CudaLayer::writePendingCovariance(const float* in) {
+  requirePending();
+  copyToDevice(ctx_, pendingCovariance_.data(), in, pendingCovariance_.bytes());
+  ctx_.synchronize();
+}
+
+void CudaLayer::commitStatistics(double statDecay) {
+  requirePending();
+  launchEmaUpdate(ctx_, ema_.data(), pendingCovariance_.data(), static_cast<int64_t>(ema_.size()),
+                  static_cast<float>(statDecay), static_cast<float>(1.0 - statDecay));
+  ctx_.synchronize();
+  decayProduct_ *= statDecay;
+  emaSteps_ += 1;
+  if (!spec_.fullCovariance()) {
+    if (spec_.sketch == SketchKind::Gaussian) {
+      sketch_.swap(pendingSketch_);
+    } else {
+      indices_.swap(pendingIndices_);
+    }
+  }
+  hasPending_ = false;
+}
+
+FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
+  requirePreconditioned("nystromFactors");
+  NystromDeviceInput in;
+  in.ema = ema_.data();
+  in.p = p_;
+  in.k = k_;
+  in.full = spec_.fullCovariance();
+  in.sketch = (!in.full && spec_.sketch == SketchKind::Gaussian && !sketch_.empty()) ? sketch_.data() : nullptr;
+  in.indices = (!in.full && spec_.sketch == SketchKind::Subcolumns && !indices_.empty()) ? &indices_ : nullptr;
+  in.decayProduct = decayProduct_;
+  in.damping = damping;
+  in.variant = variant;
+  NystromDeviceResult result;
+  DeviceArray<float> candidate;
+  if (!in.full && in.sketch == nullptr && in.indices == nullptr) {
+    result.report.status = FactorStatus::KeptPrevious;
+    result.report.detail = "no sketch committed yet";
+  } else {
+    result = cuda::nystromFactors(ctx_, in, candidate);
+  }
+  if (result.ok) {
+    basis_.swap(candidate);
+    upload(ctx_, coefficients_, result.coefficients);
+    ctx_.synchronize();
+    inverseDamping_ = 1.0 / damping;
+    hasFactors_ = true;
+    if (result.report.status != FactorStatus::Ok) factorFallbacks_ += 1;
+    return result.report;
+  }
+  factorFallbacks_ += 1;
+  if (!hasFactors_) {
+    // P = I/ρ: a zero correction on any orthonormal basis.
+    zeroed(ctx_, basis_, static_cast<size_t>(p_ * k_));
+    zeroed(ctx_, coefficients_, static_cast<size_t>(k_));
+    ctx_.synchronize();
+    inverseDamping_ = 1.0 / damping;
+    hasFactors_ = true;
+    result.report.status = FactorStatus::Identity;
+  }
+  return result.report;
+}
+
+void CudaLayer::preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
+                                           const StepScalars& s) {
+  const size_t n = static_cast<size_t>(spec_.weightSize());
+  if (spec_.kind == LayerKind::Plain) {
+    ScratchPlan plan;
+    const size_t oW = plan.add<float>(n), oG = plan.add<float>(n);
+    char* base = ctx_.scratch(plan.total());
+    float* w = piece<float>(base, oW);
+    copyToDevice(ctx_, w, weight, n * sizeof(float));
+    copyToDevice(ctx_, piece<float>(base, oG), gradWeight, n * sizeof(float));
+    cuda::momentumStep(ctx_, static_cast<int64_t>(n), w, piece<float>(base, oG), momentum_.data(), s);
+    copyToHost(ctx_, weight, w, n * sizeof(float));
+    ctx_.synchronize();
+    return;
+  }
+  if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
+  const size_t q = static_cast<size_t>(spec_.fanOut);
+  ScratchPlan plan;
+  const size_t oW = plan.add<float>(n), oG = plan.add<float>(n);
+  const size_t oB = plan.add<float>(spec_.bias ? q : 0), oGb = plan.add<float>(spec_.bias ? q : 0);
+  const size_t oM = plan.add<float>(q * static_cast<size_t>(k_));
+  char* base = ctx_.scratch(plan.total());
+  DeviceStep d;
+  d.basis = basis_.data();
+  d.coefficients = coefficients_.data();
+  d.k = k_;
+  d.inverseDamping = static_cast<float>(inverseDamping_);
+  d.weight = piece<float>(base, oW);
+  d.gradWeight = piece<float>(base, oG);
+  d.momentum = momentum_.data();
+  d.scratchM = piece<float>(base, oM);
+  copyToDevice(ctx_, d.weight, weight, n * sizeof(float));
+  copyToDevice(ctx_, piece<float>(base, oG), gradWeight, n * sizeof(float));
+  if (spec_.bias) {
+    d.bias = piece<float>(base, oB);
+    d.gradBias = piece<float>(base, oGb);
+    d.biasMomentum = biasMomentum_.data();
+    copyToDevice(ctx_, d.bias, bias, q * sizeof(float));
+    copyToDevice(ctx_, piece<float>(base, oGb), gradBias, q * sizeof(float));
+  }
+  cuda::preconditionedMomentumStep(ctx_, spec_, d, s);
+  copyToHost(ctx_, weight, d.weight, n * sizeof(float));
+  if (spec_.bias) copyToHost(ctx_, bias, d.bias, q * sizeof(float));
+  ctx_.synchronize();
+}
+
+void CudaLayer::exportState(LayerState& out) const {
+  out.ema = download(ctx_, ema_);
+  out.sketch = download(ctx_, sketch_);
+  out.indices = indices_;
+  out.basis = download(ctx_, basis_);
+  out.coefficients = download(ctx_, coefficients_);
+  out.momentum = download(ctx_, momentum_);
+  out.biasMomentum = download(ctx_, biasMomentum_);
+  ctx_.synchronize();
+  out.inverseDamping = inverseDamping_;
+  out.decayProduct = decayProduct_;
+  out.emaSteps = emaSteps_;
+  out.hasFactors = hasFactors_;
+  out.factorFallbacks = factorFallbacks_;
+}
+
+void CudaLayer::importState(const LayerState& in) {
+  if (spec_.kind == LayerKind::Plain) {
+    requireSize("momentum", in.momentum, momentum_.size(), false);
+    upload(ctx_, momentum_, in.momentum);
+    ctx_.synchronize();
+    return;
+  }
+  const size_t pk = static_cast<size_t>(p_ * k_);
+  requireSize("ema", in.ema, pk, false);
+  const bool sketched = !spec_.fullCovariance();
+  requireSize("sketch", in.sketch, sketched && spec_.sketch == SketchKind::Gaussian ? pk : 0, true);
+  requireSize("indices", in.indices, sketched && spec_.sketch == SketchKind::Subcolumns ? static_cast<size_t>(k_) : 0, true);
+  requireSize("basis", in.basis, in.hasFactors ? pk : 0, false);
+  requireSize("coefficients", in.coefficients, in.hasFactors ? static_cast<size_t>(k_) : 0, false);
+  requireSize("momentum", in.momentum, momentum_.size(), false);
+  requireSize("biasMomentum", in.biasMomentum, biasMomentum_.size(), false);
+  for (int32_t index : in.indices)
+    if (index < 0 || index >= p_) stateError("state.indices holds a column outside [0, p)");
+  if (in.emaSteps < 0) stateError("state.emaSteps must be non-negative");
+  if (!(in.decayProduct >= 0.0 && in.decayProduct <= 1.0)) stateError("state.decayProduct must be in [0, 1]");
+  if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
+    stateError("state.inverseDamping must be a positive finite number");
+  }
+  upload(ctx_, ema_, in.ema);
+  upload(ctx_, sketch_, in.sketch);
+  indices_ = in.indices;
+  upload(ctx_, basis_, in.basis);
+  upload(ctx_, coefficients_, in.coefficients);
+  upload(ctx_, momentum_, in.momentum);
+  upload(ctx_, biasMomentum_, in.biasMomentum);
+  ctx_.synchronize();
+  inverseDamping_ = in.inverseDamping;
+  decayProduct_ = in.decayProduct;
+  emaSteps_ = in.emaSteps;
+  hasFactors_ = in.hasFactors;
+  factorFallbacks_ = in.factorFallbacks;
+  hasPending_ = false;
+}
+
+size_t CudaLayer::stateBytes() const {
+  return ema_.bytes() + sketch_.bytes() + basis_.bytes() + coefficients_.bytes() + momentum_.bytes() +
+         biasMomentum_.bytes() + pendingCovariance_.bytes() + pendingSketch_.bytes() + candidateCovariance_.bytes() +
+         candidateSketch_.bytes() + candidateIndicesDevice_.bytes() +
+         (indices_.capacity() + pendingIndices_.capacity() + candidateIndices_.capacity()) * sizeof(int32_t);
+}
+
+}  // namespace cuda
+}  // namespace nysact

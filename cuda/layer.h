@@ -1,0 +1,70 @@
+// The CUDA implementation of one layer (the semantics of binding/cpu/cpu_backend.cpp CpuLayer,
+// including fallbacks, bias correction via decayProduct and the state layout).
+//
+// Residency: the EMA, sketches, factors and momentum buffers live on the device.  Weights and
+// gradients arrive as host pointers (the binding's API: tfjs and the framework-free optimizer own
+// Float32Arrays): each step copies G, θ (and the bias pair) to the device, runs the fused kernel
+// and copies θ back — three transfers of the weight per step over PCIe, the simplest correct
+// scheme for a host-pointer API.  A device-tensor API (weights resident on the GPU) would remove
+// them (cuda/README.md, "Not yet done").
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../binding/backend.h"
+#include "context.h"
+
+namespace nysact {
+namespace cuda {
+
+class CudaLayer {
+ public:
+  CudaLayer(Context& ctx, const LayerSpec& spec);
+
+  const LayerSpec& spec() const { return spec_; }
+  Context& context() const { return ctx_; }
+
+  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch);
+  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch);
+  bool hasPendingStatistics() const { return hasPending_; }
+  void discardPendingStatistics();
+  void readPendingCovariance(float* out) const;
+  void writePendingCovariance(const float* in);
+  void commitStatistics(double statDecay);
+  FactorReport nystromFactors(double damping, NystromVariant variant);
+  void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
+                                  const StepScalars& s);
+  void exportState(LayerState& out) const;
+  void importState(const LayerState& in);
+  size_t stateBytes() const;
+
+  // For the benchmarks: a statistics step on activations already on the device.
+  bool sketchResident(const float* deviceX, int64_t rows, const ConvInput* conv);
+
+ private:
+  void requirePreconditioned(const char* what) const;
+  void requirePending() const;
+  // The pending-sketch candidate for this statistics step (device / host indices).
+  void prepareSketch(const SketchInput& in);
+  bool runSketch(const float* x, int64_t rows, const ConvInput* conv, bool deviceResident);
+
+  Context& ctx_;
+  LayerSpec spec_;
+  int64_t p_ = 0, k_ = 0;
+  DeviceArray<float> ema_, sketch_, basis_, coefficients_, momentum_, biasMomentum_;
+  std::vector<int32_t> indices_;
+  double inverseDamping_ = 0.0, decayProduct_ = 1.0;
+  int64_t emaSteps_ = 0, factorFallbacks_ = 0;
+  bool hasFactors_ = false;
+  // Transient: the statistics of the current step, before commitStatistics.  The candidate
+  // buffers are filled first and swapped in only when the activations were finite, so a rejected
+  // call leaves an earlier pending result intact (as on the CPU).
+  DeviceArray<float> pendingCovariance_, pendingSketch_, candidateCovariance_, candidateSketch_;
+  DeviceArray<int32_t> candidateIndicesDevice_;
+  std::vector<int32_t> pendingIndices_, candidateIndices_;
+  bool hasPending_ = false;
+};
+
+}  // namespace cuda
+}  // namespace nysact

@@ -1,0 +1,159 @@
+/* The C ABI of the CUDA backend library nysact_cuda.so (STYLE.md point 4).
+ *
+ * The addon links libstdc++ statically and so does this library: no C++ exception, std::string or
+ * std::vector crosses the boundary.  Every entry point returns NYSACT_CUDA_OK or NYSACT_CUDA_FAILED
+ * and, on failure, fills the caller's nysact_cuda_error (a stable nysact error code and a message).
+ * Layers are opaque handles.  The host adapter (binding/cuda_loader.cpp) dlopen()s the library,
+ * checks nysact_cuda_abi_version() == NYSACT_CUDA_ABI_VERSION and every struct_size, then wraps the
+ * handles as nysact::Layer.
+ *
+ * Host pointers only: every array argument is in host memory, in the layouts of binding/backend.h.
+ * The entry points of one process are serialised by a per-device lock inside the library. */
+#ifndef NYSACT_CUDA_API_H
+#define NYSACT_CUDA_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NYSACT_CUDA_ABI_VERSION 1
+
+#if defined(NYSACT_CUDA_BUILDING_LIBRARY)
+#define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
+#else
+#define NYSACT_CUDA_EXPORT
+#endif
+
+enum { NYSACT_CUDA_OK = 0, NYSACT_CUDA_FAILED = 1 };
+
+typedef struct nysact_cuda_layer nysact_cuda_layer;
+
+typedef struct nysact_cuda_error {
+  char code[64];       /* e.g. "ERR_NYSACT_INVALID_ARGUMENT"; NUL-terminated */
+  char message[1536];  /* NUL-terminated, truncated to fit */
+} nysact_cuda_error;
+
+/* The device the library would use, as found by nysact_cuda_probe. */
+typedef struct nysact_cuda_device_info {
+  uint32_t struct_size;
+  int32_t device;
+  int32_t device_count;
+  int32_t major, minor;
+  int32_t multiprocessors;
+  int32_t runtime_version, driver_version;
+  uint64_t total_memory;
+  char name[256];
+} nysact_cuda_device_info;
+
+/* Mirrors nysact::LayerSpec (binding/backend.h) with fixed-width fields. */
+typedef struct nysact_cuda_layer_spec {
+  uint32_t struct_size;
+  int32_t kind;     /* nysact::LayerKind */
+  int32_t sketch;   /* nysact::SketchKind */
+  int32_t layout;   /* nysact::WeightLayout */
+  int32_t padding;  /* nysact::Padding */
+  int32_t bias;     /* 0 or 1 */
+  int64_t fan_in, fan_out, rank, size;
+  int32_t kernel_h, kernel_w, in_channels;
+  int32_t stride_h, stride_w, dilation_h, dilation_w;
+  uint64_t seed;
+  uint32_t layer_key;
+} nysact_cuda_layer_spec;
+
+typedef struct nysact_cuda_step_scalars {
+  uint32_t struct_size;
+  double lr, momentum, weight_decay;
+  int32_t nesterov, decoupled_weight_decay;
+} nysact_cuda_step_scalars;
+
+typedef struct nysact_cuda_factor_report {
+  uint32_t struct_size;
+  int32_t status; /* nysact::FactorStatus */
+  int32_t attempts;
+  double shift;
+  char detail[512];
+} nysact_cuda_factor_report;
+
+/* nysact::LayerState as caller-owned arrays.  nysact_cuda_state_lengths fills the *_length fields;
+ * nysact_cuda_export_state then fills arrays of exactly those lengths. */
+typedef struct nysact_cuda_state {
+  uint32_t struct_size;
+  float* ema;            int64_t ema_length;
+  float* sketch;         int64_t sketch_length;
+  int32_t* indices;      int64_t indices_length;
+  float* basis;          int64_t basis_length;
+  float* coefficients;   int64_t coefficients_length;
+  float* momentum;       int64_t momentum_length;
+  float* bias_momentum;  int64_t bias_momentum_length;
+  double inverse_damping;
+  double decay_product;
+  int64_t ema_steps;
+  int32_t has_factors;
+  int64_t factor_fallbacks;
+} nysact_cuda_state;
+
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_abi_version(void);
+
+/* OK iff a usable device exists (compute capability >= 8.0); fills info either way, as far as known.
+ * Never creates a context beyond the runtime's own initialisation. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_probe(nysact_cuda_device_info* info, nysact_cuda_error* error);
+
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_layer_create(const nysact_cuda_layer_spec* spec, nysact_cuda_layer** out,
+                                                    nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT void nysact_cuda_layer_destroy(nysact_cuda_layer* layer);
+
+/* sketch_matrix (p*r floats) or sketch_indices (r ints) or both null (Philox).  *accepted = 0 when
+ * the activations hold a non-finite value (nothing stored). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* layer, const float* x, int64_t rows,
+                                                    const float* sketch_matrix, const int32_t* sketch_indices,
+                                                    int32_t* accepted, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* layer, const float* x, int64_t batch,
+                                                   int64_t height, int64_t width, const float* sketch_matrix,
+                                                   const int32_t* sketch_indices, int32_t* accepted,
+                                                   nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_has_pending(nysact_cuda_layer* layer, int32_t* out, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_discard_pending(nysact_cuda_layer* layer, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_read_pending(nysact_cuda_layer* layer, float* out, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_write_pending(nysact_cuda_layer* layer, const float* in,
+                                                     nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_commit(nysact_cuda_layer* layer, double stat_decay, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* layer, double damping, int32_t variant,
+                                                       nysact_cuda_factor_report* report, nysact_cuda_error* error);
+/* bias / grad_bias are null iff the layer has no bias. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_step(nysact_cuda_layer* layer, float* weight, float* bias,
+                                            const float* grad_weight, const float* grad_bias,
+                                            const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_state_lengths(nysact_cuda_layer* layer, nysact_cuda_state* state,
+                                                     nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_export_state(nysact_cuda_layer* layer, nysact_cuda_state* state,
+                                                    nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_import_state(nysact_cuda_layer* layer, const nysact_cuda_state* state,
+                                                    nysact_cuda_error* error);
+/* Bytes held by the layer: device memory plus host-side copies. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_state_bytes(nysact_cuda_layer* layer, uint64_t* bytes,
+                                                   nysact_cuda_error* error);
+
+/* Benchmark hooks for bench/driver.cpp: time (device events, milliseconds, median of `repeats`)
+ * of a device-to-device copy of `bytes`, an SGEMM m x n x k, and the fused update of a layer whose
+ * weights, gradients and factors are already resident (random data, `weight_elements` p*q). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_bench_copy(uint64_t bytes, int32_t repeats, double* milliseconds,
+                                                  nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_bench_sgemm(int64_t m, int64_t n, int64_t k, int32_t repeats,
+                                                   double* milliseconds, nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_bench_fused_update(int64_t p, int64_t q, int64_t r, int32_t layout,
+                                                          int32_t repeats, double* milliseconds,
+                                                          nysact_cuda_error* error);
+/* The device-side part of a statistics step on resident random activations (dense rows x p or conv
+ * input batch x height x width x inChannels), excluding the host-to-device copy. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_bench_sketch(const nysact_cuda_layer_spec* spec, int64_t batch, int64_t height,
+                                                    int64_t width, int32_t repeats, double* milliseconds,
+                                                    nysact_cuda_error* error);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NYSACT_CUDA_API_H */

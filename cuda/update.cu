@@ -1,0 +1,188 @@
+#include "launch.cuh"
+#include "update.cuh"
+
+namespace nysact {
+namespace cuda {
+namespace {
+
+// binding/cpu/update.cpp UpdateScalars and applyUpdate, verbatim.
+struct UpdateScalars {
+  float lr, momentum, coupledDecay, shrink;
+  int nesterov;
+};
+
+UpdateScalars updateScalars(const StepScalars& s) {
+  UpdateScalars u;
+  u.lr = static_cast<float>(s.lr);
+  u.momentum = static_cast<float>(s.momentum);
+  u.coupledDecay = static_cast<float>(s.decoupledWeightDecay ? 0.0 : s.weightDecay);
+  u.shrink = static_cast<float>(s.decoupledWeightDecay ? 1.0 - s.lr * s.weightDecay : 1.0);
+  u.nesterov = s.nesterov ? 1 : 0;
+  return u;
+}
+
+// d = v + wd·θ; buf = μ·buf + d; θ ← θ − lr·(nesterov ? d + μ·buf : buf).
+__device__ __forceinline__ void applyUpdate(const UpdateScalars& u, float v, float& theta, float& buf) {
+  const float d = v + u.coupledDecay * theta;
+  const float b = u.momentum * buf + d;
+  buf = b;
+  const float step = u.nesterov ? d + u.momentum * b : b;
+  theta = u.shrink * theta - u.lr * step;
+}
+
+__global__ void momentumKernel(int64_t n, float* __restrict__ weight, const float* __restrict__ grad,
+                               float* __restrict__ momentum, UpdateScalars u) {
+  NYSACT_GRID_STRIDE(i, n) {
+    float theta = weight[i], buf = momentum[i];
+    applyUpdate(u, grad[i], theta, buf);
+    weight[i] = theta;
+    momentum[i] = buf;
+  }
+}
+
+// The update grid is rowsA x colsB with colsB the contiguous direction of the weight in memory:
+//   InOut (weight p0 x q):  a = i over p (U rows), b = j over q (M rows); bias = row a == p0.
+//   OutIn (weight q x p0):  a = j over q (M rows), b = i over p (U rows); bias = column b == p0.
+// Tile 64 (a) x 128 (b), 256 threads as 8 x 32: a warp covers 32 consecutive b (128-byte
+// transactions); each thread holds 8 x 4 accumulators.  The k dimension is staged through shared
+// memory in chunks of kChunk, with c folded into the B-side factor.
+constexpr int kTileA = 64, kTileB = 128, kChunk = 16, kThreadsA = 8, kThreadsB = 32;
+constexpr int kPerThreadA = kTileA / kThreadsA, kPerThreadB = kTileB / kThreadsB;
+
+struct FusedArgs {
+  int64_t rowsA, colsB, k;
+  int64_t p0;
+  const float* factorA;  // rowsA x k row-major
+  const float* factorB;  // colsB x k row-major
+  const float* coefficients;
+  float inverseDamping;
+  float* weight;
+  float* bias;
+  const float* gradWeight;
+  const float* gradBias;
+  float* momentum;
+  float* biasMomentum;
+  UpdateScalars u;
+};
+
+template <bool kOutIn>
+__global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepKernel(FusedArgs f) {
+  __shared__ float sa[kChunk][kTileA + 1];  // +1: the staging stores (kk fastest) avoid bank conflicts
+  __shared__ float sb[kChunk][kTileB + 1];
+  const int tx = threadIdx.x % kThreadsB, ty = threadIdx.x / kThreadsB;
+  const int64_t tilesB = (f.colsB + kTileB - 1) / kTileB;
+  const int64_t tilesA = (f.rowsA + kTileA - 1) / kTileA;
+  for (int64_t tile = blockIdx.x; tile < tilesA * tilesB; tile += gridDim.x) {
+    const int64_t a0 = (tile / tilesB) * kTileA, b0 = (tile % tilesB) * kTileB;
+    float acc[kPerThreadA][kPerThreadB];
+#pragma unroll
+    for (int u = 0; u < kPerThreadA; ++u)
+#pragma unroll
+      for (int v = 0; v < kPerThreadB; ++v) acc[u][v] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < f.k; k0 += kChunk) {
+      // Stage factor rows: consecutive threads read consecutive k of one row.
+      for (int e = threadIdx.x; e < kTileA * kChunk; e += blockDim.x) {
+        const int row = e / kChunk, kk = e % kChunk;
+        const int64_t a = a0 + row, kg = k0 + kk;
+        sa[kk][row] = (a < f.rowsA && kg < f.k) ? f.factorA[a * f.k + kg] : 0.0f;
+      }
+      for (int e = threadIdx.x; e < kTileB * kChunk; e += blockDim.x) {
+        const int row = e / kChunk, kk = e % kChunk;
+        const int64_t b = b0 + row, kg = k0 + kk;
+        sb[kk][row] = (b < f.colsB && kg < f.k) ? f.factorB[b * f.k + kg] * f.coefficients[kg] : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kChunk; ++kk) {
+        float ra[kPerThreadA], rb[kPerThreadB];
+#pragma unroll
+        for (int u = 0; u < kPerThreadA; ++u) ra[u] = sa[kk][ty + u * kThreadsA];
+#pragma unroll
+        for (int v = 0; v < kPerThreadB; ++v) rb[v] = sb[kk][tx + v * kThreadsB];
+#pragma unroll
+        for (int u = 0; u < kPerThreadA; ++u)
+#pragma unroll
+          for (int v = 0; v < kPerThreadB; ++v) acc[u][v] += ra[u] * rb[v];
+      }
+      __syncthreads();
+    }
+
+    // Epilogue: the optimizer, one read and one write of θ and the momentum buffer per element.
+#pragma unroll
+    for (int u = 0; u < kPerThreadA; ++u) {
+      const int64_t a = a0 + ty + u * kThreadsA;
+      if (a >= f.rowsA) continue;
+#pragma unroll
+      for (int v = 0; v < kPerThreadB; ++v) {
+        const int64_t b = b0 + tx + v * kThreadsB;
+        if (b >= f.colsB) continue;
+        const bool isBias = kOutIn ? b == f.p0 : a == f.p0;
+        const int64_t index = isBias ? (kOutIn ? a : b) : (kOutIn ? a * f.p0 + b : a * f.colsB + b);
+        float* theta = isBias ? f.bias : f.weight;
+        float* buffer = isBias ? f.biasMomentum : f.momentum;
+        const float g = isBias ? f.gradBias[index] : f.gradWeight[index];
+        float t = theta[index], m = buffer[index];
+        applyUpdate(f.u, g * f.inverseDamping + acc[u][v], t, m);
+        theta[index] = t;
+        buffer[index] = m;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s) {
+  const int64_t p0 = spec.fanIn, q = spec.fanOut, k = d.k;
+  const int ki = toInt(k, "rank"), qi = toInt(q, "fanOut"), p0i = toInt(p0, "fanIn");
+  const float one = 1.0f, zero = 0.0f;
+  // M (q x k row-major, i.e. column-major k x q with leading dimension k) = G U_top (+ gb ⊗ U_bias).
+  if (spec.layout == WeightLayout::InOut) {
+    // G' is p0 x q row-major: column-major q x p0, so op T gives the p0 x q operand.
+    NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ki, qi, p0i, &one, d.basis, ki,
+                                    d.gradWeight, qi, &zero, d.scratchM, ki));
+  } else {
+    // G is q x p0 row-major: column-major p0 x q.
+    NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, ki, qi, p0i, &one, d.basis, ki,
+                                    d.gradWeight, p0i, &zero, d.scratchM, ki));
+  }
+  if (spec.bias) {
+    NYSACT_CUBLAS_CHECK(cublasSger(ctx.cublas(), ki, qi, &one, d.basis + p0 * k, 1, d.gradBias, 1, d.scratchM, ki));
+  }
+
+  FusedArgs f{};
+  const bool outIn = spec.layout == WeightLayout::OutIn;
+  f.rowsA = outIn ? q : spec.p();
+  f.colsB = outIn ? spec.p() : q;
+  f.k = k;
+  f.p0 = p0;
+  f.factorA = outIn ? d.scratchM : d.basis;
+  f.factorB = outIn ? d.basis : d.scratchM;
+  f.coefficients = d.coefficients;
+  f.inverseDamping = d.inverseDamping;
+  f.weight = d.weight;
+  f.bias = d.bias;
+  f.gradWeight = d.gradWeight;
+  f.gradBias = d.gradBias;
+  f.momentum = d.momentum;
+  f.biasMomentum = d.biasMomentum;
+  f.u = updateScalars(s);
+  const int64_t tiles = ((f.rowsA + kTileA - 1) / kTileA) * ((f.colsB + kTileB - 1) / kTileB);
+  const unsigned int blocks = static_cast<unsigned int>(tiles < (int64_t{1} << 30) ? tiles : (int64_t{1} << 30));
+  if (outIn) {
+    fusedStepKernel<true><<<blocks, kThreadsA * kThreadsB, 0, ctx.stream()>>>(f);
+  } else {
+    fusedStepKernel<false><<<blocks, kThreadsA * kThreadsB, 0, ctx.stream()>>>(f);
+  }
+  NYSACT_CUDA_CHECK_LAUNCH();
+}
+
+void momentumStep(const Context& ctx, int64_t n, float* weight, const float* grad, float* momentum,
+                  const StepScalars& s) {
+  momentumKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(n, weight, grad, momentum, updateScalars(s));
+  NYSACT_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace cuda
+}  // namespace nysact

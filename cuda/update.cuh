@@ -1,0 +1,38 @@
+// The fused preconditioned momentum step on the device (SPEC §1 step 3, SPEC §2 "never materialise
+// P").  cuBLAS first forms the skinny product M = G U (q x k, bias gradient included as a rank-one
+// update); then one hand-written kernel computes, per element, v = g/ρ + Σ_k U[i,k]·c_k·M[j,k] from
+// shared-memory tiles of U and M (a small GEMM whose epilogue is the optimizer: no library fuses a
+// low-rank product with weight decay, momentum and the parameter update), reading G, θ and the
+// momentum buffer once and writing θ and the buffer once.
+#pragma once
+
+#include <cstdint>
+
+#include "context.h"
+
+namespace nysact {
+namespace cuda {
+
+// Device pointers of one preconditioned step.  bias / gradBias / biasMomentum null iff no bias.
+struct DeviceStep {
+  const float* basis = nullptr;         // U, p x k row-major
+  const float* coefficients = nullptr;  // c, k
+  int64_t k = 0;
+  float inverseDamping = 1.0f;
+  float* weight = nullptr;
+  float* bias = nullptr;
+  const float* gradWeight = nullptr;
+  const float* gradBias = nullptr;
+  float* momentum = nullptr;
+  float* biasMomentum = nullptr;
+  float* scratchM = nullptr;  // q x k
+};
+
+void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s);
+
+// Momentum SGD with weight decay on raw gradients (SPEC §1 step 4), elementwise.
+void momentumStep(const Context& ctx, int64_t n, float* weight, const float* grad, float* momentum,
+                  const StepScalars& s);
+
+}  // namespace cuda
+}  // namespace nysact

@@ -1,0 +1,222 @@
+// The CUDA backend as JavaScript sees it: loaded on demand (never on the CPU path), a clear
+// ERR_NYSACT_BACKEND_UNAVAILABLE naming the cause where it cannot be used, 'auto' choosing and
+// reporting the backend, and — where a GPU is present — CPU/CUDA agreement and bit-identical Philox
+// sketches.  The fixture parity of test/parity.test.ts runs on CUDA too when it is available.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { NysAct, NysActError, nativeInfo } from '../dist/cjs/index.js';
+import { mulberry32, randomArray } from './helpers';
+
+const root = join(__dirname, '..');
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const nodeGypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+const addonPath = nodeGypBuild.resolve(root);
+const cudaLibrary = join(dirname(addonPath), 'nysact_cuda.so');
+
+/** Runs a CommonJS snippet in a fresh node process (with extra environment) and parses its JSON output. */
+function child(script: string, env: Record<string, string> = {}): Record<string, unknown> {
+  const out = execFileSync(process.execPath, ['-e', script], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
+  return JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
+}
+
+const mapped = "require('node:fs').readFileSync('/proc/self/maps', 'utf8').includes('nysact_cuda.so')";
+
+t.test('the CPU path never loads the CUDA library', async (t) => {
+  const r = child(`
+    const { NysAct, nativeInfo } = require('./dist/cjs/index.js');
+    const native = require('node-gyp-build')(${JSON.stringify(root)});
+    const opt = new NysAct({ backend: 'cpu', tcov: 1, tinv: 1, rank: 2 });
+    opt.addDense('fc', { inFeatures: 4, outFeatures: 3 });
+    opt.addConv2d('conv', { kernelSize: 2, inChannels: 2, outChannels: 2 });
+    opt.addParam('p', { size: 5 });
+    const w = new Float32Array(12).fill(0.1), b = new Float32Array(3), wc = new Float32Array(16).fill(0.1), bc = new Float32Array(2);
+    opt.observe('fc', new Float32Array(8).fill(0.5), [2, 4]);
+    opt.observe('conv', new Float32Array(2 * 3 * 3 * 2).fill(0.5), [2, 3, 3, 2]);
+    opt.step({ fc: { weight: w, grad: w.slice(), bias: b, biasGrad: b.slice() },
+               conv: { weight: wc, grad: wc.slice(), bias: bc, biasGrad: bc.slice() },
+               p: { weight: new Float32Array(5), grad: new Float32Array(5).fill(1) } });
+    opt.getState();
+    opt.dispose();
+    const before = { attempted: native.cudaLoadAttempted(), mapped: ${mapped} };
+    nativeInfo();
+    const after = { attempted: native.cudaLoadAttempted(), mapped: ${mapped} };
+    console.log(JSON.stringify({ before, after }));
+  `);
+  t.same(r.before, { attempted: false, mapped: false }, 'a CPU optimizer (observe, step, state) never dlopens nysact_cuda.so');
+  t.same(
+    r.after,
+    { attempted: true, mapped: existsSync(cudaLibrary) },
+    `nativeInfo() does load it (${existsSync(cudaLibrary) ? 'present' : 'absent'} beside the addon): the check above can see a load`,
+  );
+});
+
+const cuda = nativeInfo().backends.find((b) => b.name === 'cuda');
+
+t.test('backends() describes the CUDA backend truthfully', async (t) => {
+  t.ok(cuda, 'a cuda entry');
+  if (!cuda) return;
+  t.type(cuda.available, 'boolean');
+  if (cuda.available) {
+    t.equal(cuda.reason, '');
+    t.match(cuda.device, /compute capability \d+\.\d+/);
+  } else {
+    t.not(cuda.reason, '', 'a reason');
+    // What is missing, whichever it is on this machine: the library, a CUDA library, the driver, a device.
+    t.match(cuda.reason, /does not exist|could not load|no usable CUDA device|compute capability|lacks the entry points|interface/);
+    t.comment(`cuda unavailable here: ${cuda.reason}`);
+  }
+});
+
+t.test("backend 'cuda' where it cannot be used", { skip: cuda?.available ? 'a CUDA device is available here' : false }, async (t) => {
+  let caught: unknown;
+  try {
+    new NysAct({ backend: 'cuda' });
+  } catch (error) {
+    caught = error;
+  }
+  t.ok(caught instanceof NysActError, 'NysActError');
+  t.equal((caught as NysActError).code, 'ERR_NYSACT_BACKEND_UNAVAILABLE');
+  const message = (caught as Error).message;
+  t.ok(message.includes(cuda!.reason), 'the message carries the reason');
+  t.match(message, /use 'cpu' or 'auto'/, 'and the way out');
+  if (existsSync(cudaLibrary)) {
+    // Here the library was built (nvcc and the cuBLAS wheels present) but no GPU driver or device exists.
+    t.match(message, /cudaGetDeviceCount|no CUDA device|compute capability|could not load/, `names the cause: ${message}`);
+  } else {
+    t.match(message, /no CUDA backend: .*nysact_cuda\.so does not exist/, 'names the missing library');
+  }
+  // The raw binding says the same without the TypeScript layer.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root) as { Layer: new (spec: object, backend: string) => unknown };
+  const spec = {
+    kind: 0, fanIn: 3, fanOut: 2, bias: false, rank: 2, sketch: 0, layout: 0, kernelH: 1, kernelW: 1, inChannels: 0,
+    strideH: 1, strideW: 1, dilationH: 1, dilationW: 1, padding: 0, size: 0, seedHi: 0, seedLo: 0, layerKey: 0,
+  };
+  t.throws(() => new native.Layer(spec, 'cuda'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE', message: /The CUDA backend is not available: / });
+  t.throws(() => new native.Layer(spec, 'gpu'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE', message: /Backend 'gpu' does not exist/ });
+});
+
+t.test("backend 'auto' chooses and reports", async (t) => {
+  const opt = new NysAct({ backend: 'auto' });
+  t.equal(opt.backend, cuda?.available ? 'cuda' : 'cpu', `auto chose ${opt.backend}`);
+  t.equal(opt.options.backend, 'auto', 'options keep the request');
+  opt.dispose();
+});
+
+t.test('the loader explains each way loading can fail', async (t) => {
+  const probe = `
+    const { nativeInfo } = require('./dist/cjs/index.js');
+    console.log(JSON.stringify(nativeInfo().backends.find((b) => b.name === 'cuda')));
+  `;
+  const missing = child(probe, { NYSACT_CUDA_LIBRARY: join(tmpdir(), 'nysact-no-such-dir', 'nysact_cuda.so') });
+  t.equal(missing.available, false);
+  t.match(missing.reason as string, /this build has no CUDA backend: .*nysact-no-such-dir\/nysact_cuda\.so does not exist/);
+  t.match(missing.reason as string, /cuBLAS\/cuSOLVER/, 'says what the build needs');
+
+  const dir = mkdtempSync(join(tmpdir(), 'nysact-cuda-'));
+  const garbage = join(dir, 'nysact_cuda.so');
+  writeFileSync(garbage, 'not a shared library\n');
+  const broken = child(probe, { NYSACT_CUDA_LIBRARY: garbage });
+  t.equal(broken.available, false);
+  t.match(broken.reason as string, new RegExp(`could not load ${garbage.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: `), 'carries the dlerror text');
+});
+
+// ---- with a GPU ------------------------------------------------------------------------------
+
+const gpuSkip = cuda?.available ? false : `no CUDA backend here: ${cuda?.reason ?? 'not reported'}`;
+
+t.test('CUDA draws the CPU Philox sketches bit for bit', { skip: gpuSkip }, async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root) as {
+    Layer: new (spec: object, backend: string) => {
+      sketchCovarianceDense(x: Float32Array, rows: number, s: null): boolean;
+      commitStatistics(b: number): void;
+      exportState(): { sketch: Float32Array; indices: Int32Array };
+      dispose(): void;
+    };
+    philoxGaussianSketch(hi: number, lo: number, key: number, step: number, p: number, r: number): Float32Array;
+    philoxSubcolumns(hi: number, lo: number, key: number, step: number, p: number, r: number): Int32Array;
+  };
+  for (const [sketch, p, r] of [[0, 4, 2], [0, 301, 17], [1, 10, 4], [1, 500, 33]] as const) {
+    const spec = {
+      kind: 0, fanIn: p, fanOut: 3, bias: false, rank: r, sketch, layout: 0, kernelH: 1, kernelW: 1, inChannels: 0,
+      strideH: 1, strideW: 1, dilationH: 1, dilationW: 1, padding: 0, size: 0, seedHi: 0, seedLo: 1, layerKey: 7,
+    };
+    const layer = new native.Layer(spec, 'cuda');
+    const x = randomArray(mulberry32(p), 5 * p);
+    for (let step = 0; step < 3; step++) {
+      t.ok(layer.sketchCovarianceDense(x, 5, null));
+      layer.commitStatistics(0.9);
+      const st = layer.exportState();
+      if (sketch === 0) {
+        t.same(st.sketch, native.philoxGaussianSketch(0, 1, 7, step, p, r), `gaussian p=${p} r=${r} step ${step}`);
+      } else {
+        t.same(st.indices, native.philoxSubcolumns(0, 1, 7, step, p, r), `subcolumns p=${p} r=${r} step ${step}`);
+      }
+    }
+    layer.dispose();
+  }
+});
+
+t.test('CPU and CUDA optimizers agree, and state moves between them', { skip: gpuSkip }, async (t) => {
+  const make = (backend: 'cpu' | 'cuda') => {
+    const opt = new NysAct({ backend, seed: 5, tcov: 2, tinv: 3, rank: 6, lr: 0.05, nesterov: true });
+    opt.addConv2d('conv', { kernelSize: 3, inChannels: 3, outChannels: 8, padding: 'same', strides: 2 });
+    opt.addDense('fc', { inFeatures: 40, outFeatures: 5, layout: 'outIn' });
+    opt.addParam('gamma', { size: 8 });
+    return opt;
+  };
+  const sizes = { conv: 3 * 3 * 3 * 8, convB: 8, fc: 40 * 5, fcB: 5, gamma: 8 };
+  const init = (seed: number) => {
+    const r = mulberry32(seed);
+    return Object.fromEntries(Object.entries(sizes).map(([k, n]) => [k, randomArray(r, n, 0.3)])) as Record<string, Float32Array>;
+  };
+  const run = (opt: NysAct, params: Record<string, Float32Array>, from: number, to: number) => {
+    for (let i = from; i < to; i++) {
+      const r = mulberry32(1000 + i);
+      if (opt.needsActivations) {
+        opt.observe('conv', randomArray(r, 4 * 10 * 10 * 3), [4, 10, 10, 3]);
+        opt.observe('fc', randomArray(r, 16 * 40), [16, 40]);
+      }
+      const g = (n: number) => randomArray(r, n, 0.05);
+      opt.step({
+        conv: { weight: params.conv, grad: g(sizes.conv), bias: params.convB, biasGrad: g(sizes.convB) },
+        fc: { weight: params.fc, grad: g(sizes.fc), bias: params.fcB, biasGrad: g(sizes.fcB) },
+        gamma: { weight: params.gamma, grad: g(sizes.gamma) },
+      });
+    }
+  };
+  const worst = (a: Record<string, Float32Array>, b: Record<string, Float32Array>) => {
+    let w = 0;
+    for (const k of Object.keys(a)) {
+      let scale = 0, d = 0;
+      for (let i = 0; i < a[k].length; i++) {
+        scale = Math.max(scale, Math.abs(a[k][i]));
+        d = Math.max(d, Math.abs(a[k][i] - b[k][i]));
+      }
+      w = Math.max(w, d / scale);
+    }
+    return w;
+  };
+  const cpu = make('cpu'), gpu = make('cuda');
+  t.equal(gpu.backend, 'cuda');
+  const pc = init(1), pg = init(1);
+  run(cpu, pc, 0, 10);
+  run(gpu, pg, 0, 10);
+  t.ok(worst(pc, pg) <= 1e-4, `10 steps: parameters within 1e-4 relative (${worst(pc, pg).toExponential(2)})`);
+  // CPU state into a fresh CUDA optimizer: both continue alike.
+  const resumed = make('cuda');
+  resumed.setState(cpu.getState());
+  const pr = Object.fromEntries(Object.entries(pc).map(([k, v]) => [k, v.slice()]));
+  run(cpu, pc, 10, 16);
+  run(resumed, pr, 10, 16);
+  t.ok(worst(pc, pr) <= 1e-4, `resumed on CUDA from CPU state: within 1e-4 (${worst(pc, pr).toExponential(2)})`);
+  for (const o of [cpu, gpu, resumed]) o.dispose();
+});

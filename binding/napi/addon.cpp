@@ -15,6 +15,9 @@
 #include "../backend.h"
 
 namespace nysact {
+
+void registerBenchExports(Napi::Env env, Napi::Object exports);  // bench.cpp
+
 namespace {
 
 constexpr const char* kInvalid = "ERR_NYSACT_INVALID_ARGUMENT";
@@ -601,6 +604,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convGeometry", Napi::Function::New<translate<ConvGeometryFn>>(env, "convGeometry"));
   exports.Set("backends", Napi::Function::New<translate<Backends>>(env, "backends"));
   exports.Set("liveObjects", Napi::Function::New<translate<LiveObjects>>(env, "liveObjects"));
+  registerBenchExports(env, exports);
   return exports;
 }
 

@@ -8,7 +8,7 @@ import t from 'tap';
 
 import { PRESET_NAMES, parseConv, parseDense, presetModel } from '../dist/cjs/cli/bench-models.js';
 import type { BenchReport } from '../dist/cjs/cli/bench.js';
-import type { InfoReport } from '../dist/cjs/cli/info.js';
+import { formatInfo, gpusOf, type InfoReport } from '../dist/cjs/cli/info.js';
 
 const root = path.join(__dirname, '..');
 const cli = path.join(root, 'dist', 'cjs', 'cli', 'main.js');
@@ -205,4 +205,20 @@ t.test('presets and the shape grammar', async (t) => {
     bias: false,
   });
   t.match(parseConv('8x8:kh=1,kw=3,h=5,w=9,d=2,pad=valid,bias=1'), { kernelH: 1, kernelW: 3, height: 5, width: 9, dilationW: 2, padding: 'valid', bias: true });
+});
+
+t.test('info shows what a GPU backend reports about its device (the hook for CUDA)', async (t) => {
+  const backends = [
+    { name: 'cpu', available: true, reason: '', device: '' },
+    { name: 'cuda', available: true, reason: '', device: 'NVIDIA H200 (compute capability 9.0, 139.8 GiB)', streams: 2 },
+  ];
+  const gpus = gpusOf(backends);
+  t.same(gpus, [{ backend: 'cuda', name: 'NVIDIA H200 (compute capability 9.0, 139.8 GiB)', memoryBytes: null }]);
+  const report = { ...(JSON.parse(nysact('info', '--json').stdout) as InfoReport), backends, gpus };
+  const text = formatInfo(report);
+  t.match(text, /\n {2}cuda {7}available; device: NVIDIA H200 \(compute capability 9\.0, 139\.8 GiB\); streams=2\n/);
+  t.match(text, /\ngpu\n {2}cuda {7}NVIDIA H200/);
+  t.same(gpusOf([{ name: 'x', available: true, reason: '', devices: [{ name: 'A', memoryBytes: 1024 }] }]), [
+    { name: 'A', memoryBytes: 1024, backend: 'x' },
+  ]);
 });

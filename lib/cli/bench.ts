@@ -168,7 +168,8 @@ export interface BenchReport {
     loadAverage: { start: number; end: number };
     peaks: MachinePeaks | null;
   };
-  backends: Array<{ name: string; available: boolean; reason: string; benchmarked: boolean }>;
+  /** Every backend of the build; `device` is what the backend reports about its device ('' if nothing). */
+  backends: Array<{ name: string; available: boolean; reason: string; device: string; benchmarked: boolean }>;
   models: Array<{
     name: string;
     description: string;
@@ -273,7 +274,16 @@ function selectBackends(native: NativeBinding, requested: string): { run: string
   }
   return {
     run: chosen,
-    report: all.map((b) => ({ name: b.name, available: b.available, reason: b.reason, benchmarked: chosen.includes(b.name) })),
+    report: all.map((b) => {
+      const device = (b as unknown as Record<string, unknown>).device;
+      return {
+        name: b.name,
+        available: b.available,
+        reason: b.reason,
+        device: typeof device === 'string' ? device : '',
+        benchmarked: chosen.includes(b.name),
+      };
+    }),
   };
 }
 
@@ -471,7 +481,8 @@ export function formatBench(r: BenchReport): string {
     for (const backend of r.backends.filter((b) => b.benchmarked)) {
       const rs = r.results.filter((x) => x.model === model.name && x.backend === backend.name);
       if (rs.length === 0) continue;
-      out.push('', `${model.name} — ${model.description}; batch ${model.batch}; backend ${backend.name}`);
+      const device = backend.device !== '' ? ` (${backend.device})` : '';
+      out.push('', `${model.name} — ${model.description}; batch ${model.batch}; backend ${backend.name}${device}`);
       const rows = rs.map((x) => {
         const roof = x.kernel === 'update' ? x.ours.fractionOfCopy : x.ours.fractionOfSgemm;
         return [

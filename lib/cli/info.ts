@@ -31,7 +31,11 @@ export interface InfoBackend {
   [extra: string]: unknown;
 }
 
-/** A GPU reported by a backend (`devices: [{ name, memoryBytes, ... }]` in its backends() entry). */
+/**
+ * A GPU reported by a backend: its backends() entry's `device` description (the CUDA backend gives
+ * name, compute capability, multiprocessors and memory in one string), or `devices: [{ name,
+ * memoryBytes, ... }]` should a backend report several.
+ */
 export interface InfoGpu {
   backend: string;
   name: string;
@@ -75,11 +79,16 @@ function originOf(root: string, file: string | null): InfoReport['native']['orig
   return path.relative(root, file).split(path.sep)[0] === 'prebuilds' ? 'prebuild' : 'build';
 }
 
-// Hook for GPU details: a backend may add `devices: [{ name, memoryBytes, ... }]` to its
-// backends() entry (the CUDA backend is expected to); whatever it reports is shown as is.
-function gpusOf(backends: InfoBackend[]): InfoGpu[] {
+/**
+ * The GPUs the backends describe (the hook for GPU details): whatever a non-CPU backend reports as
+ * `device` (a description) or `devices` (objects with at least a name) is listed as is.
+ */
+export function gpusOf(backends: InfoBackend[]): InfoGpu[] {
   const gpus: InfoGpu[] = [];
   for (const b of backends) {
+    if (b.name !== 'cpu' && typeof b.device === 'string' && b.device !== '') {
+      gpus.push({ backend: b.name, name: b.device, memoryBytes: null });
+    }
     const devices = b.devices;
     if (!Array.isArray(devices)) continue;
     for (const d of devices as unknown[]) {
@@ -164,11 +173,12 @@ export function formatInfo(r: InfoReport): string {
   if (r.backends.length === 0) lines.push('  (none: the native addon did not load)');
   for (const b of r.backends) {
     const extra = Object.entries(b)
-      .filter(([k]) => !['name', 'available', 'reason', 'devices'].includes(k))
+      .filter(([k, v]) => !['name', 'available', 'reason', 'device', 'devices'].includes(k) && v !== '')
       .map(([k, v]) => `${k}=${JSON.stringify(v)}`);
     const threads = b.name === 'cpu' && r.native.threads !== null ? ` (${r.native.threads} threads)` : '';
     const status = b.available ? `available${threads}` : `unavailable: ${b.reason}`;
-    row(b.name, [status, ...extra].join('; '));
+    const device = typeof b.device === 'string' && b.device !== '' ? [`device: ${b.device}`] : [];
+    row(b.name, [status, ...device, ...extra].join('; '));
   }
   const c = r.cpu;
   lines.push('cpu');

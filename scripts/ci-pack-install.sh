@@ -23,6 +23,10 @@ npm pack --pack-destination "$work" >"$work/pack.log" 2>&1 || { cat "$work/pack.
 tarball=$(ls "$work"/nysact-*.tgz)
 tar -tzf "$tarball" >"$work/contents.txt"
 grep -qx 'package/prebuilds/linux-x64/node.napi.glibc.node' "$work/contents.txt" || fail "no prebuild in $tarball"
+grep -qx 'package/prebuilds/linux-x64/libgomp.so.1' "$work/contents.txt" || fail "no libgomp.so.1 beside the prebuild"
+if [ -e build/Release/nysact_cuda.so ]; then
+  grep -qx 'package/prebuilds/linux-x64/nysact_cuda.so' "$work/contents.txt" || fail "nysact_cuda.so was built but is not in the prebuild"
+fi
 echo "$(basename "$tarball"): $(wc -l <"$work/contents.txt") files, prebuilds: $(grep prebuilds/ "$work/contents.txt" | sed 's|package/||' | tr '\n' ' ')"
 
 step "a PATH without compilers or CMake"

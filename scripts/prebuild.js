@@ -58,7 +58,7 @@ for (const [from, name] of copies) {
   fs.chmodSync(to, 0o755);
   if (hasStrip) {
     const r = run('strip', ['--strip-unneeded', to]);
-    if (r.status !== 0) fail(`strip ${to} failed: ${r.stderr}`);
+    if (r.status !== 0) fail(`strip ${to} failed (exit ${r.status}): ${(r.stderr || r.stdout).trim()}`);
   }
 }
 

@@ -135,4 +135,59 @@ export interface NativeBinding {
   liveObjects(): { layers: number; bytes: number };
   /** Whether this process has tried to load the CUDA backend library (only `backends()` and `'cuda'` layers do). */
   cudaLoadAttempted(): boolean;
+
+  // Benchmark support (binding/cpu/bench_kernels.h): machine probes and the dense reference
+  // formulations of SPEC §1, all on the CPU backend's threads. Used by `nysact bench`.
+
+  /** Seconds of each of `repeats` n x n x n SGEMMs (2n³ flops each), after one warm-up. */
+  probeSgemm(n: number, repeats: number): Float64Array;
+  /** Seconds of each of `repeats` memcpy calls of `bytes` (2·bytes moved each), after one warm-up. */
+  probeCopy(bytes: number, repeats: number): Float64Array;
+  /** C = X̃ᵀ(X̃ S)/rows with X̃ = [x, 1] materialised when `bias`; sketch and out are p x r. */
+  referenceDenseSketch(
+    x: Float32Array,
+    rows: number,
+    fanIn: number,
+    bias: boolean,
+    sketch: Float32Array,
+    r: number,
+    out: Float32Array,
+  ): void;
+  /** The same from an explicit im2col patch matrix of the NHWC input x. */
+  referenceIm2colSketch(x: Float32Array, conv: NativeReferenceConv, sketch: Float32Array, r: number, out: Float32Array): void;
+  /** Dense P = I·inverseDamping + U diag(c) Uᵀ (p x p, row-major) from U (p x k) and c (k). */
+  referenceDensePreconditioner(
+    basis: Float32Array,
+    coefficients: Float32Array,
+    p: number,
+    k: number,
+    inverseDamping: number,
+    out: Float32Array,
+  ): void;
+  /** V = P G, then coupled weight decay and momentum, in place on p x q weight/momentum; scalars = [lr, momentum, weightDecay]. */
+  referenceDenseStep(
+    preconditioner: Float32Array,
+    p: number,
+    q: number,
+    weight: Float32Array,
+    grad: Float32Array,
+    momentum: Float32Array,
+    scalars: Float64Array,
+  ): void;
+}
+
+/** Conv geometry of {@link NativeBinding.referenceIm2colSketch} (padding: 0 valid, 1 same). */
+export interface NativeReferenceConv {
+  batch: number;
+  height: number;
+  width: number;
+  kernelH: number;
+  kernelW: number;
+  inChannels: number;
+  strideH: number;
+  strideW: number;
+  dilationH: number;
+  dilationW: number;
+  padding: 0 | 1;
+  bias: boolean;
 }

@@ -16,6 +16,9 @@
 #include "../cuda_loader.h"
 
 namespace nysact {
+
+void registerBenchExports(Napi::Env env, Napi::Object exports);  // bench.cpp
+
 namespace {
 
 constexpr const char* kInvalid = "ERR_NYSACT_INVALID_ARGUMENT";
@@ -617,6 +620,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backends", Napi::Function::New<translate<Backends>>(env, "backends"));
   exports.Set("liveObjects", Napi::Function::New<translate<LiveObjects>>(env, "liveObjects"));
   exports.Set("cudaLoadAttempted", Napi::Function::New<translate<CudaLoadAttempted>>(env, "cudaLoadAttempted"));
+  registerBenchExports(env, exports);
   return exports;
 }
 

@@ -10,6 +10,7 @@
 // Writes bench/results/fashion-*.json, the curves (SVG) and a Markdown summary, and prints it.
 //   node bench/fashion.js [--epochs 3] [--seeds 3] [--quick] [--model cnn|mlp] [--tfjs auto|node|js]
 //                         [--train N] [--validation N]   (smaller runs for a smoke test)
+//                         [--reuse]   (read back sweep points already in --out-dir)
 'use strict';
 
 const fs = require('node:fs');
@@ -23,6 +24,7 @@ const { values } = parseArgs({
     epochs: { type: 'string', default: '3' },
     seeds: { type: 'string', default: '3' },
     quick: { type: 'boolean', default: false },
+    reuse: { type: 'boolean', default: false },
     model: { type: 'string' },
     tfjs: { type: 'string', default: 'auto' },
     train: { type: 'string' },
@@ -41,6 +43,12 @@ const VALIDATION = values.validation;
 
 async function train(tag, args) {
   const json = path.join(outDir, `fashion-${tag}.json`);
+  if (values.reuse && fs.existsSync(json)) {
+    // --reuse: a sweep point measured by an earlier run of this script (same settings) is read back.
+    const result = JSON.parse(fs.readFileSync(json, 'utf8'));
+    process.stderr.write(`  ${tag}: ${result.summaries.map((s) => `${s.optimizer} ${(100 * s.accuracy.mean).toFixed(2)}%`).join(', ')} (reused)\n`);
+    return result;
+  }
   const started = Date.now();
   const code = await main([...common, ...args, '--json', json, '--out', 'none']);
   if (code !== 0) throw new Error(`nysact train ${args.join(' ')} exited with ${code}`);
@@ -52,8 +60,8 @@ async function train(tag, args) {
 (async () => {
   const lines = [];
   const sweep = [];
-  const lrs = values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1'];
-  const dampings = values.quick ? ['0.3', '1'] : ['0.1', '0.3', '1'];
+  const lrs = values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1', '0.2'];
+  const dampings = values.quick ? ['0.3', '1'] : ['0.1', '0.3', '1', '3'];
   process.stderr.write(`stage 1: sweep on a ${VALIDATION}-image validation split (seed 0)\n`);
   for (const lr of lrs) {
     for (const damping of dampings) {

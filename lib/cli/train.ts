@@ -46,15 +46,15 @@ Budget:
   --model cnn|mlp        default: cnn with tfjs-node, mlp otherwise
   --tfjs auto|node|js    which TensorFlow.js to load (default auto: tfjs-node if installed)
 
-Hyperparameters:
+Hyperparameters (defaults: the choices of bench/fashion.js's validation sweep):
   --lr X                 NysAct learning rate (default 0.05)
-  --damping X            NysAct damping rho (default 0.3)
-  --rank N               NysAct sketch rank (default 10)
+  --damping X            NysAct damping rho (default 1)
+  --rank N               NysAct sketch rank (default 20)
   --tcov N               NysAct statistics interval (default 5)
   --tinv N               NysAct inverse interval (default 50)
   --weight-decay X       NysAct weight decay (default 0, as tfjs's SGD and Adam have none)
   --sgd-lr X             SGD-momentum learning rate (default 0.05, momentum 0.9)
-  --adam-lr X            Adam learning rate (default 0.001)
+  --adam-lr X            Adam learning rate (default 0.003)
 
 Output:
   --out FILE             SVG of the curves (default nysact-train.svg; 'none' to skip)
@@ -170,13 +170,13 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     model: oneOf(v.model, 'model', ['cnn', 'mlp'] as const),
     tfjs: oneOf(v.tfjs, 'tfjs', ['auto', 'node', 'js'] as const) ?? 'auto',
     lr: positive(v.lr, 'lr', 0.05),
-    damping: positive(v.damping, 'damping', 0.3),
-    rank: integer(v.rank, 'rank', 1, 10) as number,
+    damping: positive(v.damping, 'damping', 1),
+    rank: integer(v.rank, 'rank', 1, 20) as number,
     tcov: integer(v.tcov, 'tcov', 1, 5) as number,
     tinv: integer(v.tinv, 'tinv', 1, 50) as number,
     weightDecay: positive(v['weight-decay'], 'weight-decay', 0, true),
     sgdLr: positive(v['sgd-lr'], 'sgd-lr', 0.05),
-    adamLr: positive(v['adam-lr'], 'adam-lr', 0.001),
+    adamLr: positive(v['adam-lr'], 'adam-lr', 0.003),
     out: v.out ?? 'nysact-train.svg',
     json: v.json,
     quiet: v.quiet ?? false,

@@ -180,6 +180,10 @@ interface PreconditionedRecord {
   readonly bias: LayerVariableLike | null;
   readonly channelsFirst: boolean;
   readonly originalCall: LayerLike['call'];
+  /** Position among the preconditioned layers (the Philox stream key). */
+  readonly index: number;
+  /** Registered with the core (at attach when the model is built, else at its first call). */
+  registered: boolean;
   capture: Capture | null;
 }
 
@@ -359,7 +363,7 @@ export class NysActOptimizer extends tf.Optimizer {
       const cls = layer.getClassName();
       if (cls !== 'Dense' && cls !== 'Conv2D') continue;
       if (this.#exclude.some((p) => (typeof p === 'string' ? p === layer.name : p.test(layer.name)))) continue;
-      records.push(this.#wrapLayer(layer as DenseLayerLike, cls === 'Dense' ? 'dense' : 'conv2d'));
+      records.push(this.#wrapLayer(layer as DenseLayerLike, cls === 'Dense' ? 'dense' : 'conv2d', records.length));
     }
     this.#model = model;
     this.#layers = records;
@@ -367,7 +371,7 @@ export class NysActOptimizer extends tf.Optimizer {
     return this;
   }
 
-  #wrapLayer(layer: DenseLayerLike, kind: 'dense' | 'conv2d'): PreconditionedRecord {
+  #wrapLayer(layer: DenseLayerLike, kind: 'dense' | 'conv2d', index: number): PreconditionedRecord {
     const originalCall = layer.call;
     const rec: PreconditionedRecord = {
       kind,
@@ -383,6 +387,8 @@ export class NysActOptimizer extends tf.Optimizer {
       },
       channelsFirst: kind === 'conv2d' && (layer as Conv2DLayerLike).dataFormat === 'channelsFirst',
       originalCall,
+      index,
+      registered: false,
       capture: null,
     };
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -394,47 +400,49 @@ export class NysActOptimizer extends tf.Optimizer {
     return rec;
   }
 
-  /** Registers the layers and variables with the core (once the model's weights exist). */
+  /** Registers one preconditioned layer with the core (its kernel must exist). */
+  #registerLayer(rec: PreconditionedRecord): void {
+    if (rec.registered) return;
+    const layer = rec.layer;
+    if (rec.kernel === null || rec.kernel === undefined) {
+      throw invalidCall(`Layer ${JSON.stringify(layer.name)} is not built yet; build the model (call it once) before training`);
+    }
+    const core = this.#core;
+    const shape = rec.kernel.shape as number[];
+    if (rec.kind === 'dense') {
+      core.addDense(rec.key, { inFeatures: shape[0], outFeatures: shape[1], bias: rec.bias !== null, sketchKey: sketchKey(rec.index) });
+    } else {
+      const conv = layer as Conv2DLayerLike;
+      if (conv.padding !== 'same' && conv.padding !== 'valid') {
+        throw invalidRange("'same' or 'valid'", `padding of layer ${JSON.stringify(layer.name)}`, conv.padding);
+      }
+      core.addConv2d(rec.key, {
+        kernelSize: [shape[0], shape[1]],
+        inChannels: shape[2],
+        outChannels: shape[3],
+        strides: pair(conv.strides, 'strides'),
+        padding: conv.padding,
+        dilation: pair(conv.dilationRate, 'dilationRate'),
+        bias: rec.bias !== null,
+        sketchKey: sketchKey(rec.index),
+      });
+    }
+    this.#byVariable.set(asVariable(rec.kernel).name, { rec, role: 'kernel' });
+    if (rec.bias !== null) this.#byVariable.set(asVariable(rec.bias).name, { rec, role: 'bias' });
+    rec.registered = true;
+  }
+
+  /**
+   * Registers every layer and variable with the core: at attach when the model is built, else at
+   * the first step (a model built lazily registers each preconditioned layer at its first call).
+   */
   #register(): void {
     if (this.#registered || this.#model === null) return;
-    const core = this.#core;
-    const taken = new Set<string>();
-    for (const [index, rec] of this.#layers.entries()) {
-      const layer = rec.layer;
-      if (rec.kernel === null || rec.kernel === undefined) {
-        throw invalidCall(`Layer ${JSON.stringify(layer.name)} is not built yet; build the model (call it once) before training`);
-      }
-      const shape = rec.kernel.shape as number[];
-      if (rec.kind === 'dense') {
-        core.addDense(rec.key, { inFeatures: shape[0], outFeatures: shape[1], bias: rec.bias !== null, sketchKey: sketchKey(index) });
-      } else {
-        const conv = layer as Conv2DLayerLike;
-        if (conv.padding !== 'same' && conv.padding !== 'valid') {
-          throw invalidRange("'same' or 'valid'", `padding of layer ${JSON.stringify(layer.name)}`, conv.padding);
-        }
-        core.addConv2d(rec.key, {
-          kernelSize: [shape[0], shape[1]],
-          inChannels: shape[2],
-          outChannels: shape[3],
-          strides: pair(conv.strides, 'strides'),
-          padding: conv.padding,
-          dilation: pair(conv.dilationRate, 'dilationRate'),
-          bias: rec.bias !== null,
-          sketchKey: sketchKey(index),
-        });
-      }
-      this.#byVariable.set(asVariable(rec.kernel).name, { rec, role: 'kernel' });
-      taken.add(asVariable(rec.kernel).name);
-      if (rec.bias !== null) {
-        this.#byVariable.set(asVariable(rec.bias).name, { rec, role: 'bias' });
-        taken.add(asVariable(rec.bias).name);
-      }
-    }
+    for (const rec of this.#layers) this.#registerLayer(rec);
     for (const v of this.#model.trainableWeights) {
       const variable = asVariable(v);
-      if (taken.has(variable.name)) continue;
+      if (this.#byVariable.has(variable.name)) continue;
       this.#addPlain(v.originalName, variable);
-      taken.add(variable.name);
     }
     this.#registered = true;
     if (this.#pendingWeights !== null) {
@@ -460,7 +468,7 @@ export class NysActOptimizer extends tf.Optimizer {
     const training = isObject(kwargs) ? kwargs.training : undefined;
     if (training === false) return;
     if (training !== true && this.#gradientScopes === 0 && gradientDepth() === 0) return;
-    if (!this.#registered) this.#register();
+    if (!rec.registered) this.#registerLayer(rec);
     const x = (Array.isArray(inputs) ? inputs[0] : inputs) as tfc.Tensor;
     if (!(x instanceof tf.Tensor)) return;
     const core = this.#core;

@@ -75,7 +75,23 @@ ConvGeometry convGeometry(const LayerSpec& s, int64_t height, int64_t width) {
 void philoxGaussianSketch(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64_t p, int64_t r, float* out) {
   const double invSqrtP = 1.0 / std::sqrt(static_cast<double>(p));
   const int64_t n = p * r;
-  for (int64_t e = 0; e < n; ++e) out[e] = philox::gaussianSketchElement(seed, layerKey, statStep, e, invSqrtP);
+  const int64_t blocks = (n + 3) / 4;
+  // Each block of 4 elements depends only on its counter: any split over threads gives the same
+  // bits. Parallel only for large sketches (waking a second thread costs more below that).
+#if defined(_OPENMP)  // the CUDA library builds this file without OpenMP
+#pragma omp parallel for schedule(static) if (blocks > 8192)
+#endif
+  for (int64_t b = 0; b < blocks; ++b) {
+    const r123::Philox4x32::ctr_type x = philox::draw(seed, layerKey, statStep, philox::kGaussian, static_cast<uint32_t>(b));
+    for (int pair = 0; pair < 2; ++pair) {
+      const int64_t e = 4 * b + 2 * pair;
+      if (e >= n) break;
+      float two[2];
+      philox::gaussianSketchPair(x, pair, invSqrtP, two);
+      out[e] = two[0];
+      if (e + 1 < n) out[e + 1] = two[1];
+    }
+  }
 }
 
 void philoxSubcolumns(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64_t p, int64_t r, int32_t* out) {

@@ -134,6 +134,25 @@ NYSACT_HD inline float gaussianSketchElement(uint64_t seed, uint32_t layerKey, u
   return static_cast<float>(z * invSqrtP);
 }
 
+// Elements 4·block + 2·pair and 4·block + 2·pair + 1 at once (cosine, then sine), bit-identical to
+// two gaussianSketchElement calls: one Philox draw, log and sin/cos instead of two of each.
+NYSACT_HD inline void gaussianSketchPair(const r123::Philox4x32::ctr_type& x, int pair, double invSqrtP, float* out) {
+  const double u1 = unitOpen(x.v[2 * pair]);
+  const double u2 = unitOpen(x.v[2 * pair + 1]);
+  double radius = -2.0 * portableLog(u1);
+#if defined(__CUDA_ARCH__)
+  radius = __dsqrt_rn(radius);
+#else
+  radius = __builtin_sqrt(radius);
+#endif
+  double s, c;
+  portableSinCosTurn(u2, &s, &c);
+  const double zc = radius * c;
+  const double zs = radius * s;
+  out[0] = static_cast<float>(zc * invSqrtP);
+  out[1] = static_cast<float>(zs * invSqrtP);
+}
+
 // The j-th uniform integer draw in [0, bound) for the subcolumn shuffle (multiply-shift; the bias
 // is below bound / 2^32, negligible for any fan-in).
 NYSACT_HD inline uint32_t subcolumnDraw(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64_t j,

@@ -522,6 +522,47 @@ function split(tf: TF, kind: 'cnn' | 'mlp', x: Float32Array, labels: Uint8Array,
   };
 }
 
+/** What `--json` writes; {@link plotResults} renders it. */
+export interface TrainReport {
+  header: string;
+  args: Pick<TrainArgs, 'optimizers' | 'seeds' | 'validation'> & Partial<TrainArgs>;
+  summaries: Summary[];
+  results: RunResult[];
+}
+
+/**
+ * The curves of a run as SVG: training loss (running mean) and evaluation accuracy per epoch,
+ * mean over seeds with the min–max band. The accuracy panel starts after the first epoch (the
+ * untrained ~10% would flatten the interesting range).
+ */
+export function plotResults(report: TrainReport): string {
+  const { header, args, summaries, results } = report;
+  const evalName = args.validation > 0 ? 'validation' : 'test';
+  const series = (key: 'lossCurve' | 'accuracyCurve'): Series[] =>
+    args.optimizers.map((o) => {
+      const curves = results.filter((r) => r.optimizer === o).map((r) => (key === 'accuracyCurve' ? r[key].filter((pt) => pt[0] > 0) : r[key]));
+      const curve = averageCurve(curves);
+      const s = summaries.find((x) => x.optimizer === o) as Summary;
+      return {
+        label: `${LABELS[o]}: ${(100 * s.accuracy.mean).toFixed(2)}% ${evalName} accuracy`,
+        color: COLORS[o],
+        points: curve.points,
+        band: args.seeds > 1 ? curve.band : undefined,
+      };
+    });
+  const [what, setup] = header.split('; ').reduce<[string[], string[]]>(
+    (acc, part, i) => {
+      acc[i < 1 ? 0 : 1].push(part);
+      return acc;
+    },
+    [[], []],
+  );
+  return renderSvg(`nysact train: ${what.join('; ')}`, setup.join('; '), [
+    { title: 'training loss (running mean)', xLabel: 'epoch', yFormat: (v) => v.toFixed(2), series: series('lossCurve') },
+    { title: `${evalName} accuracy`, xLabel: 'epoch', yFormat: (v) => `${(100 * v).toFixed(1)}%`, series: series('accuracyCurve'), yClamp: [0, 1] },
+  ]);
+}
+
 /** Runs `nysact train`; resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
   let args: TrainArgs;
@@ -613,22 +654,7 @@ export async function main(argv: string[]): Promise<number> {
   if (args.seeds > 1) process.stdout.write(`(mean ± sample standard deviation over ${args.seeds} seeds)\n`);
 
   if (args.out !== 'none') {
-    const series = (key: 'lossCurve' | 'accuracyCurve'): Series[] =>
-      args.optimizers.map((o) => {
-        const curve = averageCurve(results.filter((r) => r.optimizer === o).map((r) => r[key]));
-        const s = summaries.find((x) => x.optimizer === o) as Summary;
-        return {
-          label: `${LABELS[o]}: ${(100 * s.accuracy.mean).toFixed(2)}% ${evalName} accuracy`,
-          color: COLORS[o],
-          points: curve.points,
-          band: args.seeds > 1 ? curve.band : undefined,
-        };
-      });
-    const svg = renderSvg(`nysact train: Fashion-MNIST, ${model.toUpperCase()}`, header.replace(/^Fashion-MNIST[^:]*: /, ''), [
-      { title: 'training loss (running mean)', xLabel: 'epoch', yFormat: (v) => v.toFixed(2), series: series('lossCurve') },
-      { title: `${evalName} accuracy`, xLabel: 'epoch', yFormat: (v) => `${(100 * v).toFixed(0)}%`, series: series('accuracyCurve'), yClamp: [0, 1] },
-    ]);
-    fs.writeFileSync(args.out, svg);
+    fs.writeFileSync(args.out, plotResults({ header, args, summaries, results }));
     process.stdout.write(`curves: ${args.out}\n`);
   }
   if (args.json) {

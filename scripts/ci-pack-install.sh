@@ -6,6 +6,7 @@
 #      and coreutils (symlinks in a temp dir): cc/c++/g++/gcc/clang/cmake/make/ninja are not found
 #   3. require() and import() it and run training steps (statistics, inverse and ordinary)
 #   4. npx nysact info and a short npx nysact bench
+#   5. nysact/tfjs (require and import) and a short npx nysact train on the embedded data subset
 #   5. --build-from-source with the same PATH fails fast with the message naming what is missing
 # Set CI_FROM_SOURCE=1 to also install with --build-from-source on the normal PATH (needs cmake,
 # g++, Eigen, Random123 and npx access to cmake-js).
@@ -100,6 +101,29 @@ const r = require('$work/bench.json');
 if (r.errors.length) throw new Error('bench errors: ' + JSON.stringify(r.errors));
 if (r.results.length !== 6) throw new Error('bench: expected 6 results, got ' + r.results.length);
 console.log('bench --json: ' + r.results.length + ' results, SGEMM peak ' + r.machine.peaks.sgemm.rate.toFixed(1) + ' GFLOP/s');"
+
+step "nysact/tfjs and npx nysact train from the tarball (pure-JS @tensorflow/tfjs, the embedded subset)"
+hidden npm install --no-audit --no-fund --prefer-offline @tensorflow/tfjs@4.22.0 >"$work/tfjs.log" 2>&1 || { cat "$work/tfjs.log"; fail "npm install @tensorflow/tfjs"; }
+hidden node -e "
+const tf = require('@tensorflow/tfjs');
+const { NysActOptimizer } = require('nysact/tfjs');
+const model = tf.sequential({ layers: [tf.layers.dense({ inputShape: [4], units: 3, activation: 'softmax' })] });
+const opt = new NysActOptimizer({ learningRate: 0.1 }).attach(model);
+model.compile({ optimizer: opt, loss: 'categoricalCrossentropy' });
+model.trainOnBatch(tf.randomNormal([8, 4]), tf.oneHot(tf.tensor1d([0, 1, 2, 0, 1, 2, 0, 1], 'int32'), 3).toFloat())
+  .then(() => { if (opt.iterations !== 1) throw new Error('nysact/tfjs: no step'); console.log('nysact/tfjs (require): one step on', tf.getBackend()); });
+" 2>&1 | grep -v 'Hi, looks like\|^=*$\|tfjs-node for more' || true
+hidden node --input-type=module -e "
+import { NysActOptimizer } from 'nysact/tfjs';
+if (typeof NysActOptimizer !== 'function') throw new Error('nysact/tfjs (import)');
+console.log('nysact/tfjs (import): ok');"
+hidden npx --no-install nysact train --tfjs js --epochs 1 --train 512 --data node_modules/nysact/data/fashion-mnist-subset \
+  --out "$work/train.svg" --json "$work/train.json" --quiet 2>&1 | grep -v 'Hi, looks like\|^=*$\|tfjs-node for more'
+hidden node -e "
+const r = require('$work/train.json');
+if (r.results.length !== 3 || !r.results.every((x) => x.accuracy > 0.3)) throw new Error('train: ' + JSON.stringify(r.summaries));
+console.log('nysact train: ' + r.summaries.map((s) => s.optimizer + ' ' + (100 * s.accuracy.mean).toFixed(1) + '%').join(', '));"
+[ -s "$work/train.svg" ] || fail "nysact train wrote no SVG"
 
 step "--build-from-source without a toolchain fails with a clear message"
 cd "$work" && rm -rf app2 && mkdir app2 && cd app2

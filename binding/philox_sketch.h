@@ -111,31 +111,8 @@ NYSACT_HD inline void portableSinCosTurn(double u, double* sinOut, double* cosOu
   }
 }
 
-// Element e of the p x r row-major gaussian sketch, already divided by sqrt(p) (SPEC §1: randn/√p).
-// Block b = e / 4 yields four normals from two Box–Muller pairs.
-NYSACT_HD inline float gaussianSketchElement(uint64_t seed, uint32_t layerKey, uint64_t statStep,
-                                             int64_t e, double invSqrtP) {
-  const uint32_t block = static_cast<uint32_t>(e >> 2);
-  const int lane = static_cast<int>(e & 3);
-  const r123::Philox4x32::ctr_type x = draw(seed, layerKey, statStep, kGaussian, block);
-  const int pair = lane >> 1;
-  const double u1 = unitOpen(x.v[2 * pair]);
-  const double u2 = unitOpen(x.v[2 * pair + 1]);
-  double radius = -2.0 * portableLog(u1);
-  // sqrt is correctly rounded on every IEEE host and on CUDA (__dsqrt_rn).
-#if defined(__CUDA_ARCH__)
-  radius = __dsqrt_rn(radius);
-#else
-  radius = __builtin_sqrt(radius);
-#endif
-  double s, c;
-  portableSinCosTurn(u2, &s, &c);
-  const double z = radius * ((lane & 1) ? s : c);
-  return static_cast<float>(z * invSqrtP);
-}
-
-// Elements 4·block + 2·pair and 4·block + 2·pair + 1 at once (cosine, then sine), bit-identical to
-// two gaussianSketchElement calls: one Philox draw, log and sin/cos instead of two of each.
+// Elements 4·block + 2·pair (cosine) and 4·block + 2·pair + 1 (sine) of the p x r row-major gaussian
+// sketch, already divided by sqrt(p) (SPEC §1: randn/√p): one Box–Muller pair from the block's draw x.
 NYSACT_HD inline void gaussianSketchPair(const r123::Philox4x32::ctr_type& x, int pair, double invSqrtP, float* out) {
   const double u1 = unitOpen(x.v[2 * pair]);
   const double u2 = unitOpen(x.v[2 * pair + 1]);
@@ -151,6 +128,15 @@ NYSACT_HD inline void gaussianSketchPair(const r123::Philox4x32::ctr_type& x, in
   const double zs = radius * s;
   out[0] = static_cast<float>(zc * invSqrtP);
   out[1] = static_cast<float>(zs * invSqrtP);
+}
+
+// Element e of the sketch alone (block b = e / 4 yields four normals from two Box–Muller pairs).
+NYSACT_HD inline float gaussianSketchElement(uint64_t seed, uint32_t layerKey, uint64_t statStep,
+                                             int64_t e, double invSqrtP) {
+  const r123::Philox4x32::ctr_type x = draw(seed, layerKey, statStep, kGaussian, static_cast<uint32_t>(e >> 2));
+  float two[2];
+  gaussianSketchPair(x, static_cast<int>((e >> 1) & 1), invSqrtP, two);
+  return two[e & 1];
 }
 
 // The j-th uniform integer draw in [0, bound) for the subcolumn shuffle (multiply-shift; the bias

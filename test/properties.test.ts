@@ -7,7 +7,7 @@
 //    for 1 and 2 threads.
 import t from 'tap';
 import { NysAct, nativeInfo, setThreads, loadNative, type LayerUpdate } from '../dist/cjs/index.js';
-import { mulberry32 } from './helpers';
+import { firstDifference, mulberry32 } from './helpers';
 
 const rand = mulberry32(12345);
 const randomArray = (n: number, scale = 1, offset = 0) => Float32Array.from({ length: n }, () => offset + (rand() * 2 - 1) * scale);
@@ -264,4 +264,48 @@ t.test('a failed factorisation keeps finite factors and reports it', async (t) =
   t.same(Array.from(after.coefficients), Array.from(before.coefficients), 'coefficients unchanged');
   t.equal(after.factorFallbacks, before.factorFallbacks + 1, 'fallback counted');
   layer.dispose();
+});
+
+t.test('results depend on the values only, not on where the arrays lie', async (t) => {
+  // Eigen rounds differently by the alignment of its operands; the backend copies inputs into
+  // aligned storage and keeps its own buffers aligned, so the same values give the same bits
+  // whatever the typed arrays' byte offsets and whatever was allocated before.
+  const fill = (seed: number, n: number): Float32Array => {
+    const rand = mulberry32(seed);
+    return Float32Array.from({ length: n }, () => rand() - 0.5);
+  };
+  // A copy of `src` at a float offset inside a larger buffer.
+  const at = (offset: number, src: Float32Array): Float32Array => {
+    const view = new Float32Array(new ArrayBuffer((src.length + 16) * 4), offset * 4, src.length);
+    view.set(src);
+    return view;
+  };
+  const layers = [
+    { name: 'dense', add: (o: NysAct) => o.addDense('dense', { inFeatures: 1568, outFeatures: 16, rank: 20 }), shape: [128, 1568], w: 1568 * 16, b: 16 },
+    { name: 'tiles', add: (o: NysAct) => o.addConv2d('tiles', { kernelSize: 3, inChannels: 1, outChannels: 8, padding: 'same' }), shape: [6, 12, 12, 1], w: 9 * 8, b: 8 },
+    { name: 'views', add: (o: NysAct) => o.addConv2d('views', { kernelSize: 3, inChannels: 16, outChannels: 8, padding: 'same', strides: 2 }), shape: [4, 10, 10, 16], w: 144 * 8, b: 8 },
+    { name: 'taps', add: (o: NysAct) => o.addConv2d('taps', { kernelSize: 3, inChannels: 48, outChannels: 8 }), shape: [3, 7, 7, 48], w: 432 * 8, b: 8 },
+  ];
+  const run = (offset: number, junk: number): unknown => {
+    const keep = Array.from({ length: junk }, (_, i) => new Float32Array(977 + 61 * i));
+    const o = new NysAct({ rank: 6, damping: 0.1, tcov: 1, tinv: 2, seed: 3 });
+    for (const l of layers) l.add(o);
+    const weights = layers.map((l, i) => ({ weight: at(offset, fill(100 + i, l.w)), bias: at(offset, fill(200 + i, l.b)) }));
+    for (let step = 0; step < 4; step++) {
+      const grads: Record<string, LayerUpdate> = {};
+      layers.forEach((l, i) => {
+        o.observe(l.name, at(offset, fill(300 + 10 * i + step, l.shape.reduce((a, b) => a * b, 1))), l.shape);
+        grads[l.name] = { ...weights[i], grad: at(offset, fill(400 + 10 * i + step, l.w)), biasGrad: at(offset, fill(500 + i, l.b)) };
+      });
+      o.step(grads);
+    }
+    const state = o.getState().layers;
+    o.dispose();
+    void keep;
+    return { state, weights };
+  };
+  const reference = run(0, 0);
+  for (const [offset, junk] of [[0, 3], [1, 0], [2, 5], [3, 1], [4, 0], [7, 2]]) {
+    t.equal(firstDifference(run(offset, junk), reference), null, `arrays at float offset ${offset}, ${junk} earlier allocations`);
+  }
 });

@@ -28,8 +28,8 @@ void requireSize(const char* field, const std::vector<T>& v, size_t expected, bo
   stateError(msg.str());
 }
 
-template <typename T>
-size_t bytesOf(const std::vector<T>& v) {
+template <typename T, typename A>
+size_t bytesOf(const std::vector<T, A>& v) {
   return v.capacity() * sizeof(T);
 }
 
@@ -120,7 +120,7 @@ class CpuLayer final : public Layer {
     }
     if (result.ok) {
       basis_.assign(result.basis.data(), result.basis.data() + result.basis.size());
-      coefficients_ = std::move(result.coefficients);
+      coefficients_.assign(result.coefficients.begin(), result.coefficients.end());
       inverseDamping_ = 1.0 / damping;
       hasFactors_ = true;
       if (result.report.status != FactorStatus::Ok) factorFallbacks_ += 1;
@@ -151,15 +151,15 @@ class CpuLayer final : public Layer {
   }
 
   void exportState(LayerState& out) const override {
-    out.ema = ema_;
-    out.sketch = sketch_;
+    out.ema.assign(ema_.begin(), ema_.end());
+    out.sketch.assign(sketch_.begin(), sketch_.end());
     out.indices = indices_;
-    out.basis = basis_;
-    out.coefficients = coefficients_;
+    out.basis.assign(basis_.begin(), basis_.end());
+    out.coefficients.assign(coefficients_.begin(), coefficients_.end());
     out.inverseDamping = inverseDamping_;
     out.decayProduct = decayProduct_;
-    out.momentum = momentum_;
-    out.biasMomentum = biasMomentum_;
+    out.momentum.assign(momentum_.begin(), momentum_.end());
+    out.biasMomentum.assign(biasMomentum_.begin(), biasMomentum_.end());
     out.emaSteps = emaSteps_;
     out.hasFactors = hasFactors_;
     out.factorFallbacks = factorFallbacks_;
@@ -168,7 +168,7 @@ class CpuLayer final : public Layer {
   void importState(const LayerState& in) override {
     if (spec_.kind == LayerKind::Plain) {
       requireSize("momentum", in.momentum, momentum_.size(), false);
-      momentum_ = in.momentum;
+      momentum_.assign(in.momentum.begin(), in.momentum.end());
       return;
     }
     const size_t pk = static_cast<size_t>(p_ * k_);
@@ -187,15 +187,15 @@ class CpuLayer final : public Layer {
     if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
       stateError("state.inverseDamping must be a positive finite number");
     }
-    ema_ = in.ema;
-    sketch_ = in.sketch;
+    ema_.assign(in.ema.begin(), in.ema.end());
+    sketch_.assign(in.sketch.begin(), in.sketch.end());
     indices_ = in.indices;
-    basis_ = in.basis;
-    coefficients_ = in.coefficients;
+    basis_.assign(in.basis.begin(), in.basis.end());
+    coefficients_.assign(in.coefficients.begin(), in.coefficients.end());
     inverseDamping_ = in.inverseDamping;
     decayProduct_ = in.decayProduct;
-    momentum_ = in.momentum;
-    biasMomentum_ = in.biasMomentum;
+    momentum_.assign(in.momentum.begin(), in.momentum.end());
+    biasMomentum_.assign(in.biasMomentum.begin(), in.biasMomentum.end());
     emaSteps_ = in.emaSteps;
     hasFactors_ = in.hasFactors;
     factorFallbacks_ = in.factorFallbacks;
@@ -255,13 +255,15 @@ class CpuLayer final : public Layer {
 
   LayerSpec spec_;
   int64_t p_ = 0, k_ = 0;
-  std::vector<float> ema_, sketch_, basis_, coefficients_, momentum_, biasMomentum_;
+  // Aligned storage: Eigen's products round differently depending on their operands' addresses,
+  // so heap-dependent alignment would make results differ from run to run.
+  cpu::AlignedFloats ema_, sketch_, basis_, coefficients_, momentum_, biasMomentum_;
   std::vector<int32_t> indices_;
   double inverseDamping_ = 0.0, decayProduct_ = 1.0;
   int64_t emaSteps_ = 0, factorFallbacks_ = 0;
   bool hasFactors_ = false;
   // Transient: the statistics of the current step, before commitStatistics.
-  std::vector<float> pendingCovariance_, pendingSketch_, productSketch_;
+  cpu::AlignedFloats pendingCovariance_, pendingSketch_, productSketch_;
   std::vector<int32_t> pendingIndices_;
   bool hasPending_ = false;
 };

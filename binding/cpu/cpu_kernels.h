@@ -9,11 +9,19 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
 
 #include "../backend.h"
 
 namespace nysact {
 namespace cpu {
+
+// Heap buffers that Eigen reads or writes. Eigen takes different code paths (and rounds
+// differently) by the alignment of its operands, so every such buffer gets the same alignment in
+// every run: results then depend on the values only (tested in test/properties.test.ts).
+using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 // C (p x k, row-major) = X̃ᵀ (X̃ S) / rows, where X̃ = [x, 1] (ones column iff bias),
 // x is rows x p0 row-major and S is p x k row-major (bias row last).

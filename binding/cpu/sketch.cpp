@@ -23,7 +23,7 @@ int64_t chunkCount(int64_t units, int64_t unitsPerChunk, int64_t maxChunks) {
 }
 
 // covariance = Σ_chunks partial / rows, in chunk order, in double.
-void reducePartials(const std::vector<float>& partials, int64_t chunks, int64_t size, double rows,
+void reducePartials(const AlignedFloats& partials, int64_t chunks, int64_t size, double rows,
                     float* covariance) {
   std::vector<double> sum(static_cast<size_t>(size), 0.0);
   for (int64_t c = 0; c < chunks; ++c) {
@@ -43,7 +43,7 @@ void sketchCovarianceDense(const float* x, int64_t rows, int64_t p0, bool bias, 
   const int64_t rowsPerChunk = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(1, p0));
   const int64_t chunks = chunkCount(rows, rowsPerChunk, 32);
   const int64_t perChunk = (rows + chunks - 1) / chunks;
-  std::vector<float> partials(static_cast<size_t>(chunks * size), 0.0f);
+  AlignedFloats partials(static_cast<size_t>(chunks * size), 0.0f);
   const ConstRows sTop(sketch, p0, k);
 
 #pragma omp parallel for schedule(dynamic, 1) if (chunks > 1)
@@ -51,7 +51,11 @@ void sketchCovarianceDense(const float* x, int64_t rows, int64_t p0, bool bias, 
     const int64_t r0 = c * perChunk;
     const int64_t m = std::min(rows, r0 + perChunk) - r0;
     if (m <= 0) continue;
-    const ConstRows xc(x + r0 * p0, m, p0);
+    // An aligned copy of the rows: Eigen's kernels peel and vectorise by the address of their
+    // operands, so products over the caller's array (any alignment: typed arrays from tfjs land
+    // anywhere) would round differently from run to run. The copy makes results depend on the
+    // values only.
+    const RowMatrixF xc = ConstRows(x + r0 * p0, m, p0);
     RowMatrixF z(m, k);
     z.noalias() = xc * sTop;
     if (bias) z.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(sketch + p0 * k, k);
@@ -74,7 +78,6 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   const int64_t hp = (g.outH - 1) * sh + (kh - 1) * dh + 1;
   const int64_t wp = (g.outW - 1) * sw + (kw - 1) * dw + 1;
   const int64_t pixels = hp * wp, imageSize = height * width * ch;
-  const bool inPlace = g.padTop == 0 && g.padLeft == 0 && wp == width && hp == height;
 
   // Output position (oh, ow) of an image reads tap (a, b) at padded pixel
   // (oh·sh + a·dh)·wp + ow·sw + b·dw.  With sh == sw == s this is s·(oh·wp + ow) + offset(a, b): the
@@ -114,7 +117,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
       1, std::min<int64_t>((1 << 14) / std::max<int64_t>(1, perImage), (input.batch + 7) / 8));
   const int64_t chunks = chunkCount(input.batch, imagesPerChunk, 64);
   const int64_t perChunk = (input.batch + chunks - 1) / chunks;
-  std::vector<float> partials(static_cast<size_t>(chunks * size), 0.0f);
+  AlignedFloats partials(static_cast<size_t>(chunks * size), 0.0f);
 
   auto padImage = [&](const float* image, float* dst) {
     for (int64_t i = 0; i < hp; ++i) {
@@ -144,7 +147,10 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     // Images handled by one pass: the whole chunk with unit strides, else one image.
     const int64_t imagesPerPass = 1;
     const int64_t rows = (imagesPerPass - 1) * pixels + (equalStride ? gridRows : g.outW);
-    std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(imagesPerPass * pixels * ch));
+    // Every image is copied (padded where needed) into this aligned buffer, also when no padding is
+    // needed: the strided views' addresses then depend on the shape only, never on where the
+    // caller's array lies, so the results are the same bits run after run (see the dense case).
+    Eigen::Matrix<float, Eigen::Dynamic, 1> padded(imagesPerPass * pixels * ch);
     RowMatrixF z(rows, k), t, zShift;
     if (allTaps) {
       t.resize(imagesPerPass * pixels, taps * k);
@@ -173,11 +179,8 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     };
 
     for (int64_t b = b0; b < b1; b += imagesPerPass) {
-      const float* source = x + b * imageSize;
-      if (!inPlace) {
-        for (int64_t i = 0; i < imagesPerPass; ++i) padImage(x + (b + i) * imageSize, padded.data() + i * pixels * ch);
-        source = padded.data();
-      }
+      for (int64_t i = 0; i < imagesPerPass; ++i) padImage(x + (b + i) * imageSize, padded.data() + i * pixels * ch);
+      const float* source = padded.data();
       if (allTaps) {
         // T = I S_all; Z[g] = Σ_tap T[g + off_tap, tap]; C_all += Iᵀ Zshift, Zshift[g + off_tap, tap] = Z[g].
         const ConstRows image2d(source, imagesPerPass * pixels, ch);

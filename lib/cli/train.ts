@@ -49,7 +49,7 @@ Budget:
 Hyperparameters (defaults: the choices of bench/fashion.js's validation sweep):
   --lr X                 NysAct learning rate (default 0.05)
   --damping X            NysAct damping rho (default 1)
-  --rank N               NysAct sketch rank (default 20)
+  --rank N               NysAct sketch rank (default 10)
   --tcov N               NysAct statistics interval (default 5)
   --tinv N               NysAct inverse interval (default 50)
   --weight-decay X       NysAct weight decay (default 0, as tfjs's SGD and Adam have none)
@@ -171,7 +171,7 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     tfjs: oneOf(v.tfjs, 'tfjs', ['auto', 'node', 'js'] as const) ?? 'auto',
     lr: positive(v.lr, 'lr', 0.05),
     damping: positive(v.damping, 'damping', 1),
-    rank: integer(v.rank, 'rank', 1, 20) as number,
+    rank: integer(v.rank, 'rank', 1, 10) as number,
     tcov: integer(v.tcov, 'tcov', 1, 5) as number,
     tinv: integer(v.tinv, 'tinv', 1, 50) as number,
     weightDecay: positive(v['weight-decay'], 'weight-decay', 0, true),

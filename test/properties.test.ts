@@ -267,9 +267,9 @@ t.test('a failed factorisation keeps finite factors and reports it', async (t) =
 });
 
 t.test('results depend on the values only, not on where the arrays lie', async (t) => {
-  // Eigen rounds differently by the alignment of its operands; the backend copies inputs into
-  // aligned storage and keeps its own buffers aligned, so the same values give the same bits
-  // whatever the typed arrays' byte offsets and whatever was allocated before.
+  // Eigen's products round differently by the alignment of the buffers they write into; the
+  // backend keeps those buffers aligned, so the same values give the same bits whatever the typed
+  // arrays' byte offsets and whatever was allocated before.
   const fill = (seed: number, n: number): Float32Array => {
     const rand = mulberry32(seed);
     return Float32Array.from({ length: n }, () => rand() - 0.5);
@@ -284,6 +284,7 @@ t.test('results depend on the values only, not on where the arrays lie', async (
     { name: 'dense', add: (o: NysAct) => o.addDense('dense', { inFeatures: 1568, outFeatures: 16, rank: 20 }), shape: [128, 1568], w: 1568 * 16, b: 16 },
     { name: 'tiles', add: (o: NysAct) => o.addConv2d('tiles', { kernelSize: 3, inChannels: 1, outChannels: 8, padding: 'same' }), shape: [6, 12, 12, 1], w: 9 * 8, b: 8 },
     { name: 'views', add: (o: NysAct) => o.addConv2d('views', { kernelSize: 3, inChannels: 16, outChannels: 8, padding: 'same', strides: 2 }), shape: [4, 10, 10, 16], w: 144 * 8, b: 8 },
+    { name: 'inplace', add: (o: NysAct) => o.addConv2d('inplace', { kernelSize: 3, inChannels: 8, outChannels: 8 }), shape: [4, 9, 9, 8], w: 72 * 8, b: 8 },
     { name: 'taps', add: (o: NysAct) => o.addConv2d('taps', { kernelSize: 3, inChannels: 48, outChannels: 8 }), shape: [3, 7, 7, 48], w: 432 * 8, b: 8 },
   ];
   const run = (offset: number, junk: number): unknown => {

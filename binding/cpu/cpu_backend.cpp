@@ -255,8 +255,8 @@ class CpuLayer final : public Layer {
 
   LayerSpec spec_;
   int64_t p_ = 0, k_ = 0;
-  // Aligned storage: Eigen's products round differently depending on their operands' addresses,
-  // so heap-dependent alignment would make results differ from run to run.
+  // Aligned storage (cpu_kernels.h): heap-dependent alignment would make results differ from run
+  // to run.
   cpu::AlignedFloats ema_, sketch_, basis_, coefficients_, momentum_, biasMomentum_;
   std::vector<int32_t> indices_;
   double inverseDamping_ = 0.0, decayProduct_ = 1.0;

@@ -18,9 +18,10 @@
 namespace nysact {
 namespace cpu {
 
-// Heap buffers that Eigen reads or writes. Eigen takes different code paths (and rounds
-// differently) by the alignment of its operands, so every such buffer gets the same alignment in
-// every run: results then depend on the values only (tested in test/properties.test.ts).
+// Heap buffers that Eigen writes or keeps (partial sums, layer state). Eigen takes different code
+// paths (and rounds differently) by the alignment of a product's destination, so every such
+// buffer gets the same alignment in every run: results then depend on the values only, not on
+// where the caller's arrays or earlier allocations lie (tested in test/properties.test.ts).
 using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 // C (p x k, row-major) = X̃ᵀ (X̃ S) / rows, where X̃ = [x, 1] (ones column iff bias),

@@ -51,11 +51,7 @@ void sketchCovarianceDense(const float* x, int64_t rows, int64_t p0, bool bias, 
     const int64_t r0 = c * perChunk;
     const int64_t m = std::min(rows, r0 + perChunk) - r0;
     if (m <= 0) continue;
-    // An aligned copy of the rows: Eigen's kernels peel and vectorise by the address of their
-    // operands, so products over the caller's array (any alignment: typed arrays from tfjs land
-    // anywhere) would round differently from run to run. The copy makes results depend on the
-    // values only.
-    const RowMatrixF xc = ConstRows(x + r0 * p0, m, p0);
+    const ConstRows xc(x + r0 * p0, m, p0);
     RowMatrixF z(m, k);
     z.noalias() = xc * sTop;
     if (bias) z.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(sketch + p0 * k, k);
@@ -78,6 +74,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   const int64_t hp = (g.outH - 1) * sh + (kh - 1) * dh + 1;
   const int64_t wp = (g.outW - 1) * sw + (kw - 1) * dw + 1;
   const int64_t pixels = hp * wp, imageSize = height * width * ch;
+  const bool inPlace = g.padTop == 0 && g.padLeft == 0 && wp == width && hp == height;
 
   // Output position (oh, ow) of an image reads tap (a, b) at padded pixel
   // (oh·sh + a·dh)·wp + ow·sw + b·dw.  With sh == sw == s this is s·(oh·wp + ow) + offset(a, b): the
@@ -147,10 +144,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     // Images handled by one pass: the whole chunk with unit strides, else one image.
     const int64_t imagesPerPass = 1;
     const int64_t rows = (imagesPerPass - 1) * pixels + (equalStride ? gridRows : g.outW);
-    // Every image is copied (padded where needed) into this aligned buffer, also when no padding is
-    // needed: the strided views' addresses then depend on the shape only, never on where the
-    // caller's array lies, so the results are the same bits run after run (see the dense case).
-    Eigen::Matrix<float, Eigen::Dynamic, 1> padded(imagesPerPass * pixels * ch);
+    std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(imagesPerPass * pixels * ch));
     RowMatrixF z(rows, k), t, zShift;
     if (allTaps) {
       t.resize(imagesPerPass * pixels, taps * k);
@@ -179,8 +173,11 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     };
 
     for (int64_t b = b0; b < b1; b += imagesPerPass) {
-      for (int64_t i = 0; i < imagesPerPass; ++i) padImage(x + (b + i) * imageSize, padded.data() + i * pixels * ch);
-      const float* source = padded.data();
+      const float* source = x + b * imageSize;
+      if (!inPlace) {
+        for (int64_t i = 0; i < imagesPerPass; ++i) padImage(x + (b + i) * imageSize, padded.data() + i * pixels * ch);
+        source = padded.data();
+      }
       if (allTaps) {
         // T = I S_all; Z[g] = Σ_tap T[g + off_tap, tap]; C_all += Iᵀ Zshift, Zshift[g + off_tap, tap] = Z[g].
         const ConstRows image2d(source, imagesPerPass * pixels, ch);

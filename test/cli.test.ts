@@ -222,3 +222,57 @@ t.test('info shows what a GPU backend reports about its device (the hook for CUD
     { name: 'A', memoryBytes: 1024, backend: 'x' },
   ]);
 });
+
+t.test('train: bad command lines exit 2 naming the flag', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [['train', '--schedule', 'linear'], /--schedule expects one of constant, cosine, got "linear"/],
+    [['train', '--nystrom', 'exact'], /--nystrom expects one of reference, textbook, got "exact"/],
+    [['train', '--lr', '0'], /--lr expects a positive number, got "0"/],
+    [['train', '--optimizers', 'nysact,rmsprop'], /--optimizers expects names from nysact, sgd, adam, got "rmsprop"/],
+    [['train', '--epochs', '1.5'], /--epochs expects an integer >= 1/],
+  ];
+  for (const [args, message] of cases) {
+    const r = nysact(...args);
+    t.equal(r.code, 2, `nysact ${args.join(' ')} exits 2`);
+    t.match(r.stderr, message, `nysact ${args.join(' ')}: ${message}`);
+  }
+});
+
+t.test('train: a tiny run on the pure-JS backend, constant and cosine schedules', async (t) => {
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'nysact-train-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  interface Report {
+    header: string;
+    args: { schedule: string; nystrom: string };
+    summaries: { optimizer: string; runs: number; accuracy: { mean: number } }[];
+    results: { optimizer: string; accuracy: number; loss: number; lossCurve: [number, number][] }[];
+  }
+  const run = (schedule: string, extra: string[] = []): Report => {
+    const json = path.join(dir, `${schedule}.json`);
+    const r = nysact('train', '--tfjs', 'js', '--model', 'mlp', '--train', '640', '--validation', '128', '--epochs', '2',
+      '--schedule', schedule, '--quiet', '--out', 'none', '--json', json, ...extra);
+    t.equal(r.code, 0, `train --schedule ${schedule} exits 0 (${r.stderr.trim().split('\n').pop()})`);
+    return JSON.parse(fs.readFileSync(json, 'utf8')) as Report;
+  };
+  const constant = run('constant');
+  const cosine = run('cosine', ['--nystrom', 'textbook']);
+  t.equal(cosine.args.schedule, 'cosine');
+  t.equal(cosine.args.nystrom, 'textbook');
+  t.match(cosine.header, /cosine learning-rate schedule/);
+  t.notMatch(constant.header, /cosine/);
+  for (const report of [constant, cosine]) {
+    t.same(report.summaries.map((s) => [s.optimizer, s.runs]), [['nysact', 1], ['sgd', 1], ['adam', 1]]);
+    for (const r of report.results) {
+      t.ok(r.accuracy >= 0 && r.accuracy <= 1, `${r.optimizer} accuracy ${r.accuracy} in [0, 1]`);
+      t.ok(Number.isFinite(r.loss) && r.loss > 0, `${r.optimizer} loss ${r.loss} finite`);
+    }
+  }
+  // The same seed, data and initial weights: the runs can differ only by the learning rates. The
+  // first loss (step 0's, taken before any update) matches; the last differs.
+  for (const o of ['sgd', 'adam']) {
+    const a = constant.results.find((r) => r.optimizer === o)!;
+    const b = cosine.results.find((r) => r.optimizer === o)!;
+    t.equal(a.lossCurve[0][1], b.lossCurve[0][1], `${o}: the same first loss`);
+    t.not(a.lossCurve.at(-1)![1], b.lossCurve.at(-1)![1], `${o}: the cosine schedule changes training`);
+  }
+});

@@ -53,8 +53,12 @@ Hyperparameters (defaults: the choices of bench/fashion.js's validation sweep):
   --tcov N               NysAct statistics interval (default 5)
   --tinv N               NysAct inverse interval (default 50)
   --weight-decay X       NysAct weight decay (default 0, as tfjs's SGD and Adam have none)
+  --nystrom KIND         NysAct Nystrom variant: reference (SPEC §1, default) or textbook
   --sgd-lr X             SGD-momentum learning rate (default 0.05, momentum 0.9)
   --adam-lr X            Adam learning rate (default 0.003)
+  --schedule KIND        learning-rate schedule, the same for all three optimizers: constant
+                         (default) or cosine (per step from the learning rate down to 0 at the end
+                         of the last epoch)
 
 Output:
   --out FILE             SVG of the curves (default nysact-train.svg; 'none' to skip)
@@ -85,8 +89,10 @@ export interface TrainArgs {
   tcov: number;
   tinv: number;
   weightDecay: number;
+  nystrom: 'reference' | 'textbook';
   sgdLr: number;
   adamLr: number;
+  schedule: 'constant' | 'cosine';
   out: string;
   json?: string;
   quiet: boolean;
@@ -141,6 +147,8 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
         tcov: { type: 'string' },
         tinv: { type: 'string' },
         'weight-decay': { type: 'string' },
+        nystrom: { type: 'string' },
+        schedule: { type: 'string' },
         'sgd-lr': { type: 'string' },
         'adam-lr': { type: 'string' },
         out: { type: 'string' },
@@ -175,8 +183,10 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     tcov: integer(v.tcov, 'tcov', 1, 5) as number,
     tinv: integer(v.tinv, 'tinv', 1, 50) as number,
     weightDecay: positive(v['weight-decay'], 'weight-decay', 0, true),
+    nystrom: oneOf(v.nystrom, 'nystrom', ['reference', 'textbook'] as const) ?? 'reference',
     sgdLr: positive(v['sgd-lr'], 'sgd-lr', 0.05),
     adamLr: positive(v['adam-lr'], 'adam-lr', 0.003),
+    schedule: oneOf(v.schedule, 'schedule', ['constant', 'cosine'] as const) ?? 'constant',
     out: v.out ?? 'nysact-train.svg',
     json: v.json,
     quiet: v.quiet ?? false,
@@ -257,6 +267,7 @@ async function makeOptimizer(tf: TF, name: OptimizerName, model: tfjs.LayersMode
     tcov: args.tcov,
     tinv: args.tinv,
     weightDecay: args.weightDecay,
+    nystrom: args.nystrom,
     seed,
   }).attach(model) as unknown as tfjs.Optimizer;
 }
@@ -402,6 +413,17 @@ async function runOne(
   }
 
   const stepsPerEpoch = Math.ceil(train.n / args.batch);
+  // The schedule, the same for the three optimizers: each is given lr(t) before step t.
+  const baseLr = name === 'nysact' ? args.lr : name === 'sgd' ? args.sgdLr : args.adamLr;
+  const totalSteps = stepsPerEpoch * epochs;
+  const setLr = (t: number) => {
+    if (args.schedule === 'constant') return;
+    const lr = baseLr * 0.5 * (1 + Math.cos((Math.PI * t) / totalSteps));
+    // MomentumOptimizer and NysActOptimizer have setLearningRate; Adam reads its field each step.
+    const o = optimizer as unknown as { setLearningRate?: (x: number) => void; learningRate: number };
+    if (typeof o.setLearningRate === 'function') o.setLearningRate(lr);
+    else o.learningRate = lr;
+  };
   const label = `[${LABELS[name]} seed ${seed}]`;
   const bar = progress(label, args.quiet);
   const start = evaluate(tf, model, evalSet);
@@ -420,6 +442,7 @@ async function runOne(
         const i = tf.tensor1d(idx, 'int32');
         return [tf.gather(train.x, i), tf.gather(train.y, i)];
       });
+      setLr(epoch * stepsPerEpoch + step);
       const s0 = performance.now();
       const loss = (await model.trainOnBatch(xs, ys)) as number;
       stepTimes.push(performance.now() - s0);
@@ -438,7 +461,6 @@ async function runOne(
     bar.done(`epoch ${epoch + 1}/${epochs}: ${(100 * ev.accuracy).toFixed(2)}% accuracy, loss ${ev.loss.toFixed(4)}, ${epochSeconds[epoch].toFixed(1)} s`);
   }
   const final = evaluate(tf, model, evalSet);
-  const totalSteps = stepTimes.length;
   optimizer.dispose();
   model.dispose();
   return {
@@ -449,7 +471,7 @@ async function runOne(
     epochSeconds,
     stepMs: stepTimes.reduce((a, b) => a + b, 0) / stepTimes.length,
     medianStepMs: median(stepTimes),
-    optimizerMs: optimizerTime / totalSteps,
+    optimizerMs: optimizerTime / stepTimes.length,
     lossCurve,
     accuracyCurve,
   };
@@ -615,7 +637,7 @@ export async function main(argv: string[]): Promise<number> {
   const header =
     `Fashion-MNIST${data.embedded ? ' (embedded subset)' : ''}: ${nTrain} training / ${evalSet.n} ${evalName} images; ` +
     `${model === 'cnn' ? 'CNN conv16-pool-conv32-pool-fc128-fc10' : 'MLP 784-128-10'} on ${backend}; ` +
-    `${epochs} epoch${epochs > 1 ? 's' : ''}, batch ${args.batch}, seed${args.seeds > 1 ? 's' : ''} ${Array.from({ length: args.seeds }, (_, i) => args.seed + i).join(',')}`;
+    `${epochs} epoch${epochs > 1 ? 's' : ''}, batch ${args.batch}${args.schedule === 'cosine' ? ', cosine learning-rate schedule' : ''}, seed${args.seeds > 1 ? 's' : ''} ${Array.from({ length: args.seeds }, (_, i) => args.seed + i).join(',')}`;
   info(header);
 
   const results: RunResult[] = [];

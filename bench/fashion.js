@@ -1,16 +1,22 @@
 #!/usr/bin/env node
 // The Fashion-MNIST benchmark of nysact/tfjs (issue 4), in two stages, both through `nysact train`:
 //
-// 1. A small sweep on a validation split (the last 10,000 training images held out; the test set
-//    is never looked at): NysAct's learning rate x damping at rank 10, then rank at the best pair;
-//    SGD-momentum's and Adam's learning rates. Seed 0, the same epochs as stage 2.
+// 1. A sweep on a validation split (the last 10,000 training images held out; the test set is
+//    never looked at), every optimizer under the same learning-rate schedule (default: cosine
+//    decay to 0 over the budget):
+//    a. seed 0: NysAct's learning rate x damping at rank 10, then rank, inverse interval and the
+//       textbook Nystrom variant at the best point; SGD-momentum's and Adam's learning rates;
+//    b. seed 1: the best two points of each optimizer again; each optimizer's setting is the one
+//       with the best mean validation accuracy over seeds 0 and 1.
 // 2. The chosen settings on the full training set, evaluated on the test set, over several seeds
 //    (same initial weights and batches for the three optimizers within a seed).
 //
 // Writes bench/results/fashion-*.json, the curves (SVG) and a Markdown summary, and prints it.
-//   node bench/fashion.js [--epochs 3] [--seeds 3] [--quick] [--model cnn|mlp] [--tfjs auto|node|js]
+//   node bench/fashion.js [--epochs 3] [--seeds 5] [--schedule cosine|constant] [--quick]
+//                         [--model cnn|mlp] [--tfjs auto|node|js]
 //                         [--train N] [--validation N]   (smaller runs for a smoke test)
 //                         [--reuse]   (read back sweep points already in --out-dir)
+//                         [--sweep-only]   (stop after stage 1)
 'use strict';
 
 const fs = require('node:fs');
@@ -22,9 +28,11 @@ const { main } = require('../dist/cjs/cli/train.js');
 const { values } = parseArgs({
   options: {
     epochs: { type: 'string', default: '3' },
-    seeds: { type: 'string', default: '3' },
+    seeds: { type: 'string', default: '5' },
+    schedule: { type: 'string', default: 'cosine' },
     quick: { type: 'boolean', default: false },
     reuse: { type: 'boolean', default: false },
+    'sweep-only': { type: 'boolean', default: false },
     model: { type: 'string' },
     tfjs: { type: 'string', default: 'auto' },
     train: { type: 'string' },
@@ -35,11 +43,12 @@ const { values } = parseArgs({
 const outDir = values['out-dir'];
 fs.mkdirSync(outDir, { recursive: true });
 const common = [
-  '--epochs', values.epochs, '--tfjs', values.tfjs, '--quiet',
+  '--epochs', values.epochs, '--tfjs', values.tfjs, '--schedule', values.schedule, '--quiet',
   ...(values.model ? ['--model', values.model] : []),
   ...(values.train ? ['--train', values.train] : []),
 ];
 const VALIDATION = values.validation;
+const SCHEDULE = values.schedule;
 
 async function train(tag, args) {
   const json = path.join(outDir, `fashion-${tag}.json`);
@@ -57,43 +66,84 @@ async function train(tag, args) {
   return result;
 }
 
+// A sweep point: its optimizer, settings (the `nysact train` flags) and validation accuracies.
+function flags(point) {
+  const f = point.settings;
+  if (point.optimizer === 'sgd') return ['--sgd-lr', f.lr];
+  if (point.optimizer === 'adam') return ['--adam-lr', f.lr];
+  return ['--lr', f.lr, '--damping', f.damping, '--rank', f.rank, '--tinv', f.tinv, '--nystrom', f.nystrom];
+}
+
+function tagOf(point, seed) {
+  const f = point.settings;
+  const base = point.optimizer === 'nysact'
+    ? `nysact-lr${f.lr}-d${f.damping}-r${f.rank}${f.tinv !== '50' ? `-tinv${f.tinv}` : ''}${f.nystrom !== 'reference' ? `-${f.nystrom}` : ''}`
+    : `${point.optimizer}-lr${f.lr}`;
+  return `sweep-${SCHEDULE}-${base}${seed ? `-seed${seed}` : ''}`;
+}
+
+async function measure(point, seed) {
+  const r = await train(tagOf(point, seed), ['--optimizers', point.optimizer, '--validation', VALIDATION, '--seed', String(seed), ...flags(point)]);
+  point.accuracies[seed] = r.summaries[0].accuracy.mean;
+  return point;
+}
+
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const score = (p) => mean(Object.values(p.accuracies));
+
 (async () => {
   const lines = [];
   const sweep = [];
-  const lrs = values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1', '0.2'];
-  const dampings = values.quick ? ['0.3', '1'] : ['0.1', '0.3', '1', '3'];
-  process.stderr.write(`stage 1: sweep on a ${VALIDATION}-image validation split (seed 0)\n`);
-  for (const lr of lrs) {
-    for (const damping of dampings) {
-      const r = await train(`sweep-nysact-lr${lr}-d${damping}-r10`, ['--optimizers', 'nysact', '--validation', VALIDATION, '--lr', lr, '--damping', damping, '--rank', '10']);
-      sweep.push({ optimizer: 'nysact', lr, damping, rank: '10', accuracy: r.summaries[0].accuracy.mean });
+  const add = async (optimizer, settings) => {
+    const key = JSON.stringify([optimizer, settings]);
+    const known = sweep.find((p) => JSON.stringify([p.optimizer, p.settings]) === key);
+    if (known) return known;
+    const point = { optimizer, settings, accuracies: {} };
+    sweep.push(point);
+    return measure(point, 0);
+  };
+  const nys = (lr, damping, rank = '10', tinv = '50', nystrom = 'reference') => ({ lr, damping, rank, tinv, nystrom });
+
+  process.stderr.write(`stage 1a: sweep on a ${VALIDATION}-image validation split (seed 0, ${SCHEDULE} schedule)\n`);
+  for (const lr of values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1', '0.2']) {
+    for (const damping of values.quick ? ['1'] : ['0.3', '1', '3']) await add('nysact', nys(lr, damping));
+  }
+  const bestOf = (o, seeds) => sweep
+    .filter((p) => p.optimizer === o && seeds.every((s) => s in p.accuracies))
+    .sort((a, b) => score(b) - score(a));
+  const grid = bestOf('nysact', [0])[0].settings;
+  for (const rank of values.quick ? ['20'] : ['5', '20']) await add('nysact', { ...grid, rank });
+  const ranked = bestOf('nysact', [0])[0].settings;
+  await add('nysact', { ...ranked, tinv: '10' });
+  await add('nysact', { ...ranked, nystrom: 'textbook' });
+  for (const lr of values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1', '0.2']) await add('sgd', { lr });
+  for (const lr of values.quick ? ['0.001', '0.003'] : ['0.001', '0.002', '0.003', '0.005', '0.01']) await add('adam', { lr });
+
+  process.stderr.write('stage 1b: the best two points of each optimizer with seed 1\n');
+  const finalists = [];
+  for (const o of ['nysact', 'sgd', 'adam']) {
+    for (const p of bestOf(o, [0]).slice(0, 2)) {
+      await measure(p, 1);
+      finalists.push(p);
     }
   }
-  const nysBest = sweep.reduce((a, b) => (b.accuracy > a.accuracy ? b : a));
-  for (const rank of values.quick ? ['20'] : ['5', '20']) {
-    const r = await train(`sweep-nysact-lr${nysBest.lr}-d${nysBest.damping}-r${rank}`, ['--optimizers', 'nysact', '--validation', VALIDATION, '--lr', nysBest.lr, '--damping', nysBest.damping, '--rank', rank]);
-    sweep.push({ optimizer: 'nysact', lr: nysBest.lr, damping: nysBest.damping, rank, accuracy: r.summaries[0].accuracy.mean });
-  }
-  for (const lr of values.quick ? ['0.05', '0.1'] : ['0.02', '0.05', '0.1']) {
-    const r = await train(`sweep-sgd-lr${lr}`, ['--optimizers', 'sgd', '--validation', VALIDATION, '--sgd-lr', lr]);
-    sweep.push({ optimizer: 'sgd', lr, accuracy: r.summaries[0].accuracy.mean });
-  }
-  for (const lr of values.quick ? ['0.001', '0.003'] : ['0.0003', '0.001', '0.003']) {
-    const r = await train(`sweep-adam-lr${lr}`, ['--optimizers', 'adam', '--validation', VALIDATION, '--adam-lr', lr]);
-    sweep.push({ optimizer: 'adam', lr, accuracy: r.summaries[0].accuracy.mean });
-  }
-  const best = (o) => sweep.filter((s) => s.optimizer === o).reduce((a, b) => (b.accuracy > a.accuracy ? b : a));
-  const [n, s, a] = [best('nysact'), best('sgd'), best('adam')];
+  const [n, s, a] = ['nysact', 'sgd', 'adam'].map((o) => bestOf(o, [0, 1])[0]);
 
-  lines.push(`### Sweep (validation split: the last ${VALIDATION} training images; seed 0)`, '');
-  lines.push('| optimizer | lr | damping | rank | validation accuracy |', '|---|---:|---:|---:|---:|');
-  for (const r of sweep) {
-    const chosen = r === n || r === s || r === a ? ' **(chosen)**' : '';
-    lines.push(`| ${r.optimizer} | ${r.lr} | ${r.damping ?? ''} | ${r.rank ?? ''} | ${(100 * r.accuracy).toFixed(2)}%${chosen} |`);
+  lines.push(`### Sweep (validation split: the last ${VALIDATION} training images; ${SCHEDULE} learning-rate schedule for all three optimizers)`, '');
+  lines.push('| optimizer | lr | damping | rank | tinv | Nyström | validation accuracy, seed 0 | seed 1 | mean |', '|---|---:|---:|---:|---:|---|---:|---:|---:|');
+  for (const p of sweep) {
+    const f = p.settings;
+    const chosen = p === n || p === s || p === a ? ' **(chosen)**' : '';
+    const pct = (x) => (x === undefined ? '' : `${(100 * x).toFixed(2)}%`);
+    lines.push(`| ${p.optimizer} | ${f.lr} | ${f.damping ?? ''} | ${f.rank ?? ''} | ${f.tinv ?? ''} | ${f.nystrom ?? ''} | ${pct(p.accuracies[0])} | ${pct(p.accuracies[1])} | ${1 in p.accuracies ? pct(score(p)) : ''}${chosen} |`);
+  }
+  if (values['sweep-only']) {
+    process.stdout.write(`\n${lines.join('\n')}\n`);
+    return;
   }
 
   process.stderr.write(`stage 2: full training set, test set, ${values.seeds} seeds\n`);
-  const finalArgs = ['--seeds', values.seeds, '--lr', n.lr, '--damping', n.damping, '--rank', n.rank, '--sgd-lr', s.lr, '--adam-lr', a.lr];
+  const finalArgs = ['--seeds', values.seeds, ...flags(n), ...flags(s), ...flags(a)];
   const svg = path.join(outDir, 'fashion-curves.svg');
   const json = path.join(outDir, 'fashion-final.json');
   const code = await main([...common, ...finalArgs, '--json', json, '--out', svg]);

@@ -10,6 +10,7 @@ export type {
   LayerUpdate,
   ObserveOptions,
   StepOptions,
+  StepArray,
   StepResult,
 } from './nysact.js';
 export { DEFAULT_OPTIONS, layerKey } from './options.js';

@@ -53,20 +53,25 @@ export interface ObserveOptions {
   sketch?: Float32Array | Int32Array;
 }
 
+/** An array a step reads or updates: a `Float32Array` or a {@link DeviceTensor}. */
+export type StepArray = Float32Array | DeviceTensor;
+
 /**
- * The parameters and gradients of one layer for {@link NysAct.step}, updated in place. Each is a
- * `Float32Array` (any, or one from {@link NysAct.hostBuffer}) or a {@link DeviceTensor} of the
- * optimizer's backend (with CUDA tensors the step copies nothing between host and device).
+ * The parameters and gradients of one layer for {@link NysAct.step}, updated in place. `step` and
+ * `stepAsync` take `LayerUpdate<StepArray>`: each array a `Float32Array` (any, or one from
+ * {@link NysAct.hostBuffer}) or a {@link DeviceTensor} of the optimizer's backend (with CUDA
+ * tensors the step copies nothing between host and device). The default type parameter keeps
+ * plain `Float32Array` fields.
  */
-export interface LayerUpdate {
+export interface LayerUpdate<A extends StepArray = Float32Array> {
   /** The weight (dense `[in, out]` or `[out, in]` per layout; conv `[kh, kw, inC, outC]`; plain: `size`). */
-  weight: Float32Array | DeviceTensor;
+  weight: A;
   /** The gradient of the weight, same layout and length. */
-  grad: Float32Array | DeviceTensor;
+  grad: A;
   /** The bias (length = fan-out), present iff the layer has a bias. */
-  bias?: Float32Array | DeviceTensor;
+  bias?: A;
   /** The gradient of the bias, present iff the layer has a bias. */
-  biasGrad?: Float32Array | DeviceTensor;
+  biasGrad?: A;
 }
 
 /** Options of {@link NysAct.step}. */
@@ -577,7 +582,7 @@ export class NysAct {
    *   an asynchronous step is in flight (or uses a tensor passed here); `ERR_NYSACT_NATIVE` if the
    *   native update itself fails (then the layers before the failing one may have been updated).
    */
-  step(grads: Record<string, LayerUpdate>, options?: StepOptions): StepResult {
+  step(grads: Record<string, LayerUpdate<StepArray>>, options?: StepOptions): StepResult {
     this.#checkUsable('step()');
     const prepared = this.#prepareStep(grads, options);
     if (prepared.skipped !== null) return prepared.skipped;
@@ -609,7 +614,7 @@ export class NysAct {
    *
    * @returns a promise of the {@link StepResult}
    */
-  async stepAsync(grads: Record<string, LayerUpdate>, options?: StepOptions): Promise<StepResult> {
+  async stepAsync(grads: Record<string, LayerUpdate<StepArray>>, options?: StepOptions): Promise<StepResult> {
     this.#checkUsable('stepAsync()');
     const prepared = this.#prepareStep(grads, options);
     if (prepared.skipped !== null) return prepared.skipped;
@@ -646,7 +651,7 @@ export class NysAct {
 
   // Validates a step completely (nothing changes before this returns) and builds its native plan;
   // `skipped` is the result when the step is skipped for non-finite values (pending discarded).
-  #prepareStep(grads: Record<string, LayerUpdate>, options: StepOptions | undefined): PreparedStep {
+  #prepareStep(grads: Record<string, LayerUpdate<StepArray>>, options: StepOptions | undefined): PreparedStep {
     assertObject(grads, 'grads');
     let missing: 'throw' | 'skip' = 'throw';
     if (options !== undefined) {

@@ -4,7 +4,7 @@
  * on CUDA, 64-byte aligned on the CPU). Both are accepted by `NysAct#step` / `NysAct#stepAsync`
  * wherever a `Float32Array` is.
  */
-import { ErrorCodes, NysActError, callNative, invalidRange, invalidType } from './errors.js';
+import { ErrorCodes, NysActError, callNative, fromNative, invalidRange, invalidType } from './errors.js';
 import { loadNative } from './loader.js';
 import type { NativeTensor } from './native.js';
 import { chooseBackend } from './runtime.js';
@@ -225,7 +225,15 @@ export function hostBuffer(length: number, options?: BufferOptions): Float32Arra
   const n = resolveLength(length, 'length');
   const backend = resolveBackend(options);
   const native = loadNative();
-  const out = callNative(() => native.hostBuffer(n, backend), `hostBuffer(${n})`);
+  let out: Float32Array;
+  try {
+    out = native.hostBuffer(n, backend);
+  } catch (error) {
+    if ((error as { code?: unknown }).code === ErrorCodes.UNSUPPORTED) {
+      throw new NysActError(ErrorCodes.UNSUPPORTED, (error as Error).message, { cause: error });
+    }
+    throw fromNative(error, `hostBuffer(${n})`);
+  }
   // Native allocations are not zeroed: make it behave like a new Float32Array.
   out.fill(0);
   return out;

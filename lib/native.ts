@@ -149,7 +149,7 @@ export interface NativeStepPlan {
   scalars: Float64Array;
 }
 
-/** Per plan entry: the factor report where factors were rebuilt, else null. */
+/** Per plan entry: the factor report where factors were rebuilt, else null; empty when no entry rebuilt. */
 export type NativeStepPlanResult = (NativeFactorReport | null)[];
 
 export interface NativeBackendInfo {

@@ -383,7 +383,7 @@ const categories = [
   () => {
     attempt('hostBuffer', () => native.hostBuffer(...(chance(0.3) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']))));
     attempt('byteAlignment', () => native.byteAlignment(...mutateArgs([randomFloats(int(9))])));
-    attempt('allFinite(tensor)', () => native.allFinite(anyTensor()));
+    attempt('allFinite(tensor)', () => native.allFinite(chance(0.8) ? anyTensor() : Object.create(native.Tensor.prototype)));
   },
 ];
 
@@ -453,7 +453,11 @@ function mutatePlan(plan) {
     const key = pick(keys);
     if (Array.isArray(out[key]) && out[key].length > 0 && chance(0.7)) {
       out[key] = out[key].slice();
-      out[key][int(out[key].length)] = pick([badValue(), pick(tensors) ?? null, pick(live).layer, randomFloats(int(30))]);
+      out[key][int(out[key].length)] = pick([
+        badValue(), pick(tensors) ?? null, pick(live).layer, randomFloats(int(30)),
+        // objects that merely inherit the native prototypes (no native object behind them)
+        Object.create(native.Layer.prototype), Object.create(native.Tensor.prototype),
+      ]);
     } else if (chance(0.2)) {
       delete out[key];
     } else {

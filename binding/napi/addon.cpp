@@ -55,6 +55,23 @@ Napi::Error withCode(Napi::Error error, const std::string& code) {
   throw withCode(Napi::Error::New(env, message), "ERR_NYSACT_DISPOSED");
 }
 
+// Type tags of constructed native objects: a cheap, exact check that a JS value is a live LayerWrap
+// or TensorWrap (an object merely inheriting their prototype has no tag, and nothing else does).
+constexpr napi_type_tag kLayerTag = {0x6e79736163744c61ULL, 0x7965725772617031ULL};
+constexpr napi_type_tag kTensorTag = {0x6e79736163745465ULL, 0x6e736f7257726170ULL};
+
+bool hasTypeTag(const Napi::Value& v, const napi_type_tag& tag) {
+  if (!v.IsObject()) return false;
+  bool tagged = false;
+  return napi_check_object_type_tag(v.Env(), v, &tag, &tagged) == napi_ok && tagged;
+}
+
+void setTypeTag(const Napi::CallbackInfo& info, const napi_type_tag& tag) {
+  if (napi_type_tag_object(info.Env(), info.This(), &tag) != napi_ok) {
+    throw withCode(Napi::Error::New(info.Env(), "Could not tag a native object"), "ERR_NYSACT_NATIVE");
+  }
+}
+
 // The backend of a name ('cpu' or 'cuda'; loading the CUDA library on first use).
 Backend& backendNamed(Napi::Env env, const std::string& name) {
   if (name == "cpu") return cpuBackend();
@@ -514,7 +531,6 @@ class TensorWrap;
 struct InstanceData {
   std::set<LayerWrap*> live;
   std::set<TensorWrap*> tensors;
-  Napi::FunctionReference layerClass, tensorClass;
   // Asynchronous steps running on a pool thread.  The cleanup hook sets tearingDown and waits until
   // none runs; a step that starts afterwards does nothing.  So no native layer or tensor is freed
   // while a pool thread uses it.
@@ -525,7 +541,10 @@ struct InstanceData {
 };
 
 LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWrap>(info) {
-  translateErrors(info.Env(), [&] { Construct(info); });
+  translateErrors(info.Env(), [&] {
+    Construct(info);
+    setTypeTag(info, kLayerTag);
+  });
 }
 
 void LayerWrap::Construct(const Napi::CallbackInfo& info) {
@@ -575,7 +594,10 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   }
 
   TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
-    translateErrors(info.Env(), [&] { Construct(info); });
+    translateErrors(info.Env(), [&] {
+      Construct(info);
+      setTypeTag(info, kTensorTag);
+    });
   }
   ~TensorWrap() override { Release(); }
 
@@ -808,7 +830,7 @@ StepScalars parseScalars(const Napi::Value& v) {
 
 class PlanParser {
  public:
-  PlanParser(Napi::Env env, InstanceData* instance) : env_(env), instance_(instance) {}
+  explicit PlanParser(Napi::Env env) : env_(env) {}
 
   StepPlan parse(const Napi::Value& value) {
     if (!value.IsObject() || value.IsArray() || value.IsTypedArray()) throwType(env_, "Expected an object for plan but received " + describe(value));
@@ -828,33 +850,36 @@ class PlanParser {
     if (!(plan.damping > 0.0)) throwRange(env_, "Expected a positive plan.damping");
     plan.variant = static_cast<NystromVariant>(integerArg(o.Get("variant"), "plan.variant", 0, 1));
     plan.scalars = parseScalars(o.Get("scalars"));
-    std::set<LayerWrap*> seen;
+    plan.entries.reserve(n);
     for (uint32_t i = 0; i < n; ++i) {
-      const std::string where = "plan.layers[" + std::to_string(i) + "]";
+      // Names are built only for messages: a plan is parsed on every step.
+      auto where = [i] { return "plan.layers[" + std::to_string(i) + "]"; };
       const Napi::Value lv = layers.Get(i);
-      if (!lv.IsObject() || instance_ == nullptr || !lv.As<Napi::Object>().InstanceOf(instance_->layerClass.Value())) {
-        throwType(env_, "Expected a native layer for " + where + " but received " + describe(lv));
+      if (!hasTypeTag(lv, kLayerTag)) {
+        throwType(env_, "Expected a native layer for " + where() + " but received " + describe(lv));
       }
       PlanEntry e;
       e.wrap = LayerWrap::Unwrap(lv.As<Napi::Object>());
       e.layer = &e.wrap->planLayer(env_);
-      if (!seen.insert(e.wrap).second) throwRange(env_, where + " appears twice in the plan");
+      for (const PlanEntry& earlier : plan.entries) {
+        if (earlier.wrap == e.wrap) throwRange(env_, where() + " appears twice in the plan");
+      }
       plan.held.push_back(lv);
       const LayerSpec& spec = e.layer->spec();
       Backend& backend = e.wrap->backend();
       const int64_t size = spec.weightSize();
-      e.operands.weight = operand(plan, weights.Get(i), "weight", i, size, backend, e.operands.weightMemory);
-      e.operands.gradWeight = operand(plan, grads.Get(i), "gradWeight", i, size, backend, e.operands.gradWeightMemory);
+      e.operands.weight = operand(plan, weights.Get(i), "weights", i, size, backend, e.operands.weightMemory);
+      e.operands.gradWeight = operand(plan, grads.Get(i), "grads", i, size, backend, e.operands.gradWeightMemory);
       if (spec.bias) {
-        e.operands.bias = operand(plan, biases.Get(i), "bias", i, spec.fanOut, backend, e.operands.biasMemory);
-        e.operands.gradBias = operand(plan, biasGrads.Get(i), "gradBias", i, spec.fanOut, backend, e.operands.gradBiasMemory);
+        e.operands.bias = operand(plan, biases.Get(i), "biases", i, spec.fanOut, backend, e.operands.biasMemory);
+        e.operands.gradBias = operand(plan, biasGrads.Get(i), "biasGrads", i, spec.fanOut, backend, e.operands.gradBiasMemory);
       } else if (!biases.Get(i).IsNull() || !biasGrads.Get(i).IsNull()) {
-        throwType(env_, "bias and gradBias must be null for a layer without bias (" + where + ")");
+        throwType(env_, "bias and gradBias must be null for a layer without bias (" + where() + ")");
       }
       const bool preconditioned = spec.kind != LayerKind::Plain;
       e.commit = statistics && preconditioned;
       e.factors = inverse && preconditioned;
-      if (e.commit && !e.layer->hasPendingStatistics()) throwRange(env_, where + " has no pending statistics to commit");
+      if (e.commit && !e.layer->hasPendingStatistics()) throwRange(env_, where() + " has no pending statistics to commit");
       if (std::find(plan.backends.begin(), plan.backends.end(), &backend) == plan.backends.end()) plan.backends.push_back(&backend);
       plan.entries.push_back(e);
     }
@@ -864,24 +889,29 @@ class PlanParser {
  private:
   float* operand(StepPlan& plan, const Napi::Value& v, const char* field, uint32_t i, int64_t expected, Backend& backend,
                  MemoryKind& kind) {
-    const std::string name = std::string("plan.") + field + "s[" + std::to_string(i) + "]";
+    auto name = [field, i] { return std::string("plan.") + field + "[" + std::to_string(i) + "]"; };
     if (v.IsTypedArray()) {
-      auto view = floatArg(v, name.c_str());
-      requireLength(env_, name.c_str(), view.length, expected);
+      auto array = v.As<Napi::TypedArray>();
+      if (array.TypedArrayType() != napi_float32_array) {
+        throwType(env_, "Expected a Float32Array or a native tensor for " + name() + " but received " + describe(v));
+      }
+      auto floats = v.As<Napi::Float32Array>();
+      const size_t length = floats.ElementLength();
+      float* data = length > 0 ? floats.Data() : nullptr;
+      if (length > 0 && data == nullptr) throwType(env_, name() + " is detached");
+      if (static_cast<int64_t>(length) != expected) requireLength(env_, name().c_str(), length, expected);
       // Page-locked buffers matter only to a backend with a device.
-      kind = &backend == &cpuBackend() ? MemoryKind::Host : hostMemoryKind(view.data, view.length);
+      kind = &backend == &cpuBackend() ? MemoryKind::Host : hostMemoryKind(data, length);
       plan.held.push_back(v);
-      return view.data;
+      return data;
     }
-    if (!v.IsObject() || instance_ == nullptr || !v.As<Napi::Object>().InstanceOf(instance_->tensorClass.Value())) {
-      throwType(env_, "Expected a Float32Array or a native tensor for " + name + " but received " + describe(v));
+    if (!hasTypeTag(v, kTensorTag)) {
+      throwType(env_, "Expected a Float32Array or a native tensor for " + name() + " but received " + describe(v));
     }
     TensorWrap* t = TensorWrap::Unwrap(v.As<Napi::Object>());
-    float* data = t->planData(env_, name);
-    requireLength(env_, name.c_str(), t->length(), expected);
-    if (&t->backend() != &backend) {
-      throwRange(env_, name + " is a tensor of another backend than its layer's");
-    }
+    float* data = t->planData(env_, name());
+    if (static_cast<int64_t>(t->length()) != expected) requireLength(env_, name().c_str(), t->length(), expected);
+    if (&t->backend() != &backend) throwRange(env_, name() + " is a tensor of another backend than its layer's");
     kind = t->kind();
     if (std::find(plan.tensors.begin(), plan.tensors.end(), t) == plan.tensors.end()) plan.tensors.push_back(t);
     plan.held.push_back(v);
@@ -889,7 +919,6 @@ class PlanParser {
   }
 
   Napi::Env env_;
-  InstanceData* instance_;
 };
 
 // Runs a parsed plan (any thread).  On failure: every backend is synchronised (best effort), so that
@@ -930,7 +959,11 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
   }
 }
 
+// The factor reports per entry (null where none was rebuilt); an empty array when no entry rebuilt.
 Napi::Value planResult(Napi::Env env, const StepPlan& plan, const PlanOutcome& out) {
+  bool any = false;
+  for (const PlanEntry& e : plan.entries) any = any || e.factors;
+  if (!any) return Napi::Array::New(env, 0);
   Napi::Array reports = Napi::Array::New(env, plan.entries.size());
   for (size_t i = 0; i < plan.entries.size(); ++i) {
     if (!plan.entries[i].factors) {
@@ -954,8 +987,10 @@ Napi::Error planError(Napi::Env env, const PlanOutcome& out) {
   return error;
 }
 
+// Byte counts change only where statistics were committed or factors rebuilt.
 void refreshBytes(const StepPlan& plan) {
   for (const PlanEntry& e : plan.entries) {
+    if (!e.commit && !e.factors) continue;
     try {
       e.wrap->updateBytes();
     } catch (...) {
@@ -968,7 +1003,7 @@ void refreshBytes(const StepPlan& plan) {
 // for entries without a rebuild); throws with `layerIndex` naming the failing entry.
 Napi::Value StepPlanFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  StepPlan plan = PlanParser(env, env.GetInstanceData<InstanceData>()).parse(argument(info, 0));
+  StepPlan plan = PlanParser(env).parse(argument(info, 0));
   PlanOutcome out;
   runPlan(plan, out);
   refreshBytes(plan);
@@ -1050,7 +1085,8 @@ class StepPlanWorker : public Napi::AsyncWorker {
 Napi::Value StepPlanAsyncFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   InstanceData* instance = env.GetInstanceData<InstanceData>();
-  StepPlan plan = PlanParser(env, instance).parse(argument(info, 0));
+  if (instance == nullptr) throw withCode(Napi::Error::New(env, "The addon's instance data is missing"), "ERR_NYSACT_NATIVE");
+  StepPlan plan = PlanParser(env).parse(argument(info, 0));
   auto* worker = new StepPlanWorker(env, std::move(plan), instance);
   Napi::Promise promise = worker->promise();
   worker->Queue();
@@ -1061,8 +1097,7 @@ Napi::Value StepPlanAsyncFn(const Napi::CallbackInfo& info) {
 Napi::Value AllFinite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const Napi::Value v = argument(info, 0);
-  InstanceData* instance = env.GetInstanceData<InstanceData>();
-  if (!v.IsTypedArray() && v.IsObject() && instance != nullptr && v.As<Napi::Object>().InstanceOf(instance->tensorClass.Value())) {
+  if (hasTypeTag(v, kTensorTag)) {
     TensorWrap* t = TensorWrap::Unwrap(v.As<Napi::Object>());
     float* data = t->planData(env, "x");
     return Napi::Boolean::New(env, t->backend().allFinite(data, t->length(), t->kind()));
@@ -1190,10 +1225,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       data);
   Napi::Function layer = LayerWrap::Define(env);
   exports.Set("Layer", layer);
-  data->layerClass = Napi::Persistent(layer);
-  Napi::Function tensor = TensorWrap::Define(env);
-  exports.Set("Tensor", tensor);
-  data->tensorClass = Napi::Persistent(tensor);
+  exports.Set("Tensor", TensorWrap::Define(env));
   exports.Set("version", Napi::String::New(env, NYSACT_VERSION));
   exports.Set("interfaceVersion", Napi::Number::New(env, kBackendInterfaceVersion));
   exports.Set("allFinite", Napi::Function::New<translate<AllFinite>>(env, "allFinite"));

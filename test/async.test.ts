@@ -311,6 +311,8 @@ t.test('arrays passed to stepAsync stay alive until it settles', async (t) => {
     };
     const grad = (i) => { const g = new Float32Array(60000); for (let k = 0; k < g.length; k++) g[k] = Math.sin(k + i) * 0.01; return g; };
     const x = new Float32Array(64 * 300).map((_, k) => Math.cos(k));
+    // Collected host buffers are finalized from a setImmediate: gc, then let a turn pass.
+    const drain = async () => { for (let k = 0; k < 3; k++) { global.gc(); await new Promise((r) => setImmediate(r)); } };
     (async () => {
       const a = make(), b = make();
       const wa = new Float32Array(60000).fill(0.1), wb = wa.slice();
@@ -319,6 +321,7 @@ t.test('arrays passed to stepAsync stay alive until it settles', async (t) => {
       for (let i = 0; i < 4; i++) {
         a.observe('fc', x, [64, 300]); b.observe('fc', x, [64, 300]);
         a.step({ fc: { weight: wa, grad: grad(i), bias: ba, biasGrad: new Float32Array(200).fill(0.01) } });
+        await drain();
         const start = liveObjects().hostBuffers;
         const promise = (() => {
           const g = hostBuffer(60000, { backend: 'cpu' });
@@ -328,19 +331,49 @@ t.test('arrays passed to stepAsync stay alive until it settles', async (t) => {
           return b.stepAsync({ fc: { weight: wb, grad: g, bias: bb, biasGrad: gb } });
         })();
         for (let k = 0; k < 5; k++) { global.gc(); new Array(1e5).fill(k); }
+        await new Promise((r) => setImmediate(r));
         counts.push(liveObjects().hostBuffers - start);
         await promise;
       }
-      for (let k = 0; k < 5; k++) { global.gc(); await new Promise((r) => setImmediate(r)); }
+      // The raw binding: nothing in JS refers to the plan or its arrays once the call returns; only
+      // the native step's references keep the host buffers (and the plain arrays) alive.
+      const native = require('node-gyp-build')('.');
+      const spec = { kind: 2, fanIn: 0, fanOut: 0, bias: false, rank: 1, sketch: 0, layout: 0, kernelH: 1, kernelW: 1, inChannels: 0,
+        strideH: 1, strideW: 1, dilationH: 1, dilationW: 1, padding: 0, size: 100000, seedHi: 0, seedLo: 0, layerKey: 0 };
+      const layer = new native.Layer(spec, 'cpu');
+      const weight = new Float32Array(100000).fill(1);
+      await drain();
+      const start = liveObjects().hostBuffers;
+      const promise = (() => {
+        const g = native.hostBuffer(100000, 'cpu');
+        g.fill(2);
+        return native.stepPlanAsync({ layers: [layer], weights: [weight], biases: [null], grads: [g], biasGrads: [null],
+          statistics: false, inverse: false, statDecay: 0.9, damping: 1, variant: 0, scalars: new Float64Array([0.25, 0, 0, 0, 0]) });
+      })();
+      for (let k = 0; k < 5; k++) { global.gc(); new Array(1e5).fill(k); }
+      await new Promise((r) => setImmediate(r));
+      const rawHeld = liveObjects().hostBuffers - start;
+      await promise;
+      const rawResult = weight.every((v) => v === 0.5);
+      layer.dispose();
+      await drain();
       const same = Buffer.compare(Buffer.from(wa.buffer), Buffer.from(wb.buffer)) === 0 && Buffer.compare(Buffer.from(ba.buffer), Buffer.from(bb.buffer)) === 0;
-      console.log(JSON.stringify({ counts, same, after: liveObjects().hostBuffers }));
+      console.log(JSON.stringify({ counts, same, rawHeld, rawResult, after: liveObjects().hostBuffers }));
       a.dispose(); b.dispose();
     })().catch((e) => { console.error(e); process.exit(1); });
   `;
   const run = spawnSync(process.execPath, ['--expose-gc', '-e', script], { cwd: root, encoding: 'utf8', timeout: 120_000 });
   t.equal(run.status, 0, `child exited 0\n${run.stderr.slice(-3000)}`);
   t.equal(run.signal, null, 'no crash');
-  const out = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as { counts: number[]; same: boolean; after: number };
+  const out = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as {
+    counts: number[];
+    same: boolean;
+    rawHeld: number;
+    rawResult: boolean;
+    after: number;
+  };
+  t.equal(out.rawHeld, 1, 'raw binding: the native step alone keeps its host buffer from being collected');
+  t.ok(out.rawResult, 'raw binding: w - lr * g computed from the kept buffer');
   t.same(out.counts, [2, 2, 2, 2], 'the host buffers of the step in flight survive garbage collection');
   t.ok(out.same, 'results equal step() with the same values: the arrays were not freed or reused meanwhile');
   t.equal(out.after, 0, 'collected (and freed by their finalizer) once the step settled');

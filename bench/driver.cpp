@@ -8,11 +8,15 @@
 // Nesterov, decoupled weight decay, the textbook Nyström variant, a plain parameter) run the same
 // sequence of statistics, inverse and update steps on both backends.  Checked: Philox sketches
 // bit-identical; pending covariance, EMA, momentum and weights within stated relative bounds; λ̂
-// within 1e-3·(1 + max λ̂); factor statuses, counters and state round trips equal.
+// within 1e-3·(1 + max λ̂); factor statuses, counters and state round trips equal.  On CUDA each
+// case also runs with the weights and gradients resident on the device (Backend::allocate, Device)
+// and in page-locked host memory (PinnedHost): both must give the host-array path's bits exactly.
 //
 // Benchmarks (CUDA only): the fused update against the device-to-device copy bandwidth on
 // ResNet-50's parameter shapes; the statistics step against cuBLAS SGEMM's rate on ResNet-50's
-// layers at batch 256 (224² input, rank 50); the inverse update of every ResNet-50 layer at rank 50.
+// layers at batch 256 (224² input, rank 50); the inverse update of every ResNet-50 layer at rank 50;
+// a whole update step over every ResNet-50 layer with device-resident weights and gradients against
+// the same step from pageable and from page-locked host arrays (the copies included).
 //
 // Without a usable CUDA backend it reports why, runs the CPU half of the harness, and exits 0.
 // Exit status 1 means a parity check failed; 2 a usage error.
@@ -29,6 +33,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../binding/backend.h"
@@ -149,6 +154,58 @@ std::vector<float> lambdaHat(const LayerState& st) {
   std::sort(out.begin(), out.end());
   return out;
 }
+
+// Backend memory of one kind holding a copy of a host vector (device-resident or page-locked
+// weights and gradients); freed on destruction.
+class BackendArray {
+ public:
+  BackendArray(Backend& backend, MemoryKind kind, size_t count)
+      : backend_(backend), kind_(kind), count_(count),
+        data_(count > 0 ? static_cast<float*>(backend.allocate(kind, count * sizeof(float))) : nullptr) {}
+  BackendArray(Backend& backend, MemoryKind kind, const std::vector<float>& v) : BackendArray(backend, kind, v.size()) {
+    upload(v);
+  }
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
+  ~BackendArray() { backend_.release(kind_, data_); }
+  float* data() const { return data_; }
+  MemoryKind kind() const { return kind_; }
+  void upload(const std::vector<float>& v) {
+    if (!v.empty()) backend_.copy(data_, kind_, v.data(), MemoryKind::Host, v.size() * sizeof(float));
+  }
+  std::vector<float> download() const {
+    std::vector<float> v(count_);
+    if (count_ > 0) backend_.copy(v.data(), MemoryKind::Host, data_, kind_, count_ * sizeof(float));
+    return v;
+  }
+
+ private:
+  Backend& backend_;
+  MemoryKind kind_;
+  size_t count_;
+  float* data_;
+};
+
+// A CUDA layer stepped from weights and gradients in `kind` memory (the parity of residency).
+struct ResidentRun {
+  std::unique_ptr<Layer> layer;
+  BackendArray weight, bias, grad, gradBias;
+  ResidentRun(Backend& backend, const LayerSpec& s, MemoryKind kind, const std::vector<float>& w, const std::vector<float>& b)
+      : layer(backend.createLayer(s)),
+        weight(backend, kind, w),
+        bias(backend, kind, b),
+        grad(backend, kind, w.size()),
+        gradBias(backend, kind, b.size()) {}
+  StepOperands operands(bool hasBias) const {
+    StepOperands o;
+    o.weight = weight.data();
+    o.gradWeight = grad.data();
+    o.bias = hasBias ? bias.data() : nullptr;
+    o.gradBias = hasBias ? gradBias.data() : nullptr;
+    o.weightMemory = o.biasMemory = o.gradWeightMemory = o.gradBiasMemory = weight.kind();
+    return o;
+  }
+};
 
 // ---- parity cases -------------------------------------------------------------------------------
 
@@ -295,6 +352,13 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
   std::vector<float> ba = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.1f) : std::vector<float>(), bb = ba;
   double worstW = 0, worstC = 0, worstLambda = 0;
   bool philoxIdentical = true, statusesEqual = true;
+  // On CUDA: the same sequence from device-resident and from page-locked weights and gradients.
+  std::vector<std::unique_ptr<ResidentRun>> resident;
+  if (b != nullptr) {
+    resident.push_back(std::make_unique<ResidentRun>(*b, s, MemoryKind::Device, wa, ba));
+    resident.push_back(std::make_unique<ResidentRun>(*b, s, MemoryKind::PinnedHost, wa, ba));
+  }
+  bool residentIdentical = true;
 
   for (int t = 0; t < c.steps; ++t) {
     if (!plain && t % c.tcov == 0) {
@@ -339,6 +403,10 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
                 "pending statistics kept after a refused call");
         }
         lb->commitStatistics(c.statDecay);
+        for (auto& run : resident) {
+          check(r, failures, observe(*run->layer), "sketch accepted (resident)");
+          run->layer->commitStatistics(c.statDecay);
+        }
       }
       la->commitStatistics(c.statDecay);
     }
@@ -347,6 +415,9 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
       if (lb) {
         const FactorReport rb = lb->nystromFactors(c.damping, c.variant);
         if (ra.status != rb.status) statusesEqual = false;
+        for (auto& run : resident) {
+          if (run->layer->nystromFactors(c.damping, c.variant).status != rb.status) residentIdentical = false;
+        }
         LayerState sa, sb;
         la->exportState(sa);
         lb->exportState(sb);
@@ -362,13 +433,22 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     }
     std::vector<float> g = rng.uniform(static_cast<size_t>(n), 0.05f);
     std::vector<float> gb = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.05f) : std::vector<float>();
-    la->preconditionedMomentumStep(wa.data(), s.bias ? ba.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr,
+    la->preconditionedMomentumStep(hostOperands(wa.data(), s.bias ? ba.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr),
                                    c.scalars);
     if (lb) {
-      lb->preconditionedMomentumStep(wb.data(), s.bias ? bb.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr,
+      lb->preconditionedMomentumStep(hostOperands(wb.data(), s.bias ? bb.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr),
                                      c.scalars);
+      for (auto& run : resident) {
+        run->grad.upload(g);
+        run->gradBias.upload(gb);
+        run->layer->preconditionedMomentumStep(run->operands(s.bias), c.scalars);
+      }
+      b->synchronize();
       worstW = std::max(worstW, relativeError(wa, wb));
       if (s.bias) worstW = std::max(worstW, relativeError(ba, bb));
+      for (auto& run : resident) {
+        residentIdentical = residentIdentical && bitwiseEqual(run->weight.download(), wb) && bitwiseEqual(run->bias.download(), bb);
+      }
     }
   }
 
@@ -387,6 +467,7 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     check(r, failures, worstLambda <= tol.lambda, "lambda-hat within " + num(tol.lambda) + " (worst " + num(worstLambda) + ")");
     check(r, failures, philoxIdentical, "Philox sketches bit-identical");
     check(r, failures, statusesEqual, "factor statuses equal");
+    check(r, failures, residentIdentical, "device-resident and page-locked weights bit-identical to host arrays on CUDA");
     check(r, failures, sa.emaSteps == sb.emaSteps && sa.decayProduct == sb.decayProduct && sa.hasFactors == sb.hasFactors &&
                            sa.factorFallbacks == sb.factorFallbacks && sa.inverseDamping == sb.inverseDamping,
           "counters equal");
@@ -403,6 +484,7 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
           "state round trip CPU -> CUDA -> host bit-identical");
     r.json.number("weights", worstW).number("covariance", worstC).number("ema", emaError).number("momentum", momentumError)
         .number("lambdaHat", worstLambda).boolean("philoxIdentical", philoxIdentical).boolean("statusesEqual", statusesEqual)
+        .boolean("residentIdentical", residentIdentical)
         .number("stateBytesCuda", static_cast<double>(lb->stateBytes()));
   }
   r.seconds = seconds() - t0;
@@ -588,6 +670,96 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
                          .number("cudaMs", cudaSeconds * 1e3).number("cpuMs", cpuSeconds * 1e3)
                          .number("cpuThreads", cpuThreads()).number("nonOkStatuses", fallbacks)
                          .json(2));
+  }
+
+  // A whole update step over every ResNet-50 layer (fused preconditioned updates of all weights and
+  // the fc bias, then one synchronisation), with weights and gradients resident on the device,
+  // against the same step from pageable and from page-locked host arrays (the host path copies G
+  // and θ in and θ out per layer).  Factors are imported (random basis, rank 50): only the per-step
+  // work is timed; statistics and inverse steps are timed above.
+  {
+    struct NetRun {
+      std::unique_ptr<Layer> layer;
+      std::vector<float> weight, bias, grad, gradBias;
+      std::unique_ptr<BackendArray> dWeight, dBias, dGrad, dGradBias, pWeight, pBias, pGrad, pGradBias;
+    };
+    Random rng(7);
+    std::vector<NetRun> runs;
+    const size_t count = quick ? 8 : net.size();
+    double parameters = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const NetLayer& l = net[i];
+      const LayerSpec s = specOf(l, rank);
+      NetRun run;
+      run.layer = cuda.createLayer(s);
+      LayerState st;
+      run.layer->exportState(st);
+      st.basis = rng.uniform(static_cast<size_t>(s.p() * s.r()), 0.05f);
+      st.coefficients = rng.uniform(static_cast<size_t>(s.r()), 0.5f);
+      st.inverseDamping = 1.0;
+      st.hasFactors = true;
+      run.layer->importState(st);
+      run.weight = rng.uniform(static_cast<size_t>(s.weightSize()), 0.05f);
+      run.grad = rng.uniform(run.weight.size(), 0.01f);
+      run.bias = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.05f) : std::vector<float>();
+      run.gradBias = s.bias ? rng.uniform(run.bias.size(), 0.01f) : std::vector<float>();
+      for (auto [kind, w, b, g, gb] : {std::make_tuple(MemoryKind::Device, &run.dWeight, &run.dBias, &run.dGrad, &run.dGradBias),
+                                       std::make_tuple(MemoryKind::PinnedHost, &run.pWeight, &run.pBias, &run.pGrad, &run.pGradBias)}) {
+        *w = std::make_unique<BackendArray>(cuda, kind, run.weight);
+        *b = std::make_unique<BackendArray>(cuda, kind, run.bias);
+        *g = std::make_unique<BackendArray>(cuda, kind, run.grad);
+        *gb = std::make_unique<BackendArray>(cuda, kind, run.gradBias);
+      }
+      parameters += double(run.weight.size() + run.bias.size());
+      runs.push_back(std::move(run));
+    }
+    StepScalars scalars;
+    scalars.lr = 1e-3;
+    scalars.momentum = 0.9;
+    scalars.weightDecay = 5e-4;
+    enum Path { Host, Pinned, Device };
+    auto step = [&](Path path) {
+      for (NetRun& run : runs) {
+        const bool bias = run.layer->spec().bias;
+        StepOperands o;
+        if (path == Host) {
+          o = hostOperands(run.weight.data(), bias ? run.bias.data() : nullptr, run.grad.data(), bias ? run.gradBias.data() : nullptr);
+        } else {
+          const bool device = path == Device;
+          const BackendArray& w = device ? *run.dWeight : *run.pWeight;
+          const BackendArray& b = device ? *run.dBias : *run.pBias;
+          const BackendArray& g = device ? *run.dGrad : *run.pGrad;
+          const BackendArray& gb = device ? *run.dGradBias : *run.pGradBias;
+          o.weight = w.data();
+          o.gradWeight = g.data();
+          o.bias = bias ? b.data() : nullptr;
+          o.gradBias = bias ? gb.data() : nullptr;
+          o.weightMemory = o.biasMemory = o.gradWeightMemory = o.gradBiasMemory = w.kind();
+        }
+        run.layer->preconditionedMomentumStep(o, scalars);
+      }
+      cuda.synchronize();
+    };
+    auto time = [&](Path path) {
+      step(path);  // warm-up (scratch arena grown, kernels loaded)
+      std::vector<double> ms;
+      for (int k = 0; k < std::max(repeats, 3); ++k) {
+        const double t0 = seconds();
+        step(path);
+        ms.push_back((seconds() - t0) * 1e3);
+      }
+      std::sort(ms.begin(), ms.end());
+      return ms[ms.size() / 2];
+    };
+    const double hostMs = time(Host), pinnedMs = time(Pinned), deviceMs = time(Device);
+    o.add("wholeStep", Object()
+                           .number("layers", double(count)).number("rank", double(rank)).number("parameters", parameters)
+                           .number("hostArraysMs", hostMs).number("pinnedArraysMs", pinnedMs).number("deviceResidentMs", deviceMs)
+                           .number("hostOverDevice", hostMs / deviceMs).number("pinnedOverDevice", pinnedMs / deviceMs)
+                           .str("note", "median wall time of one update step of every layer (fused preconditioned update, "
+                                        "weights and gradients as host arrays (copied in and out), page-locked host "
+                                        "buffers, or device-resident tensors), then one stream synchronisation")
+                           .json(2));
   }
   return o;
 }

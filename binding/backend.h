@@ -7,7 +7,8 @@
 //   Sketches are p x r, row-major, the bias row last.  A layer with r == p keeps the full covariance
 //   (its "sketch" is the identity and is never stored).
 //   Weights and gradients are read and written in place in the caller's memory, in the layout given
-//   by LayerSpec::layout; the bias is a separate vector of q elements.
+//   by LayerSpec::layout; the bias is a separate vector of q elements.  Each such pointer comes with
+//   its MemoryKind (ordinary host memory, page-locked host memory, or device memory of the backend).
 #pragma once
 
 #include <cstddef>
@@ -19,7 +20,7 @@
 
 namespace nysact {
 
-inline constexpr int kBackendInterfaceVersion = 1;
+inline constexpr int kBackendInterfaceVersion = 2;
 
 // Every error a backend raises. `code` is stable and reaches JS unchanged.
 class Error : public std::runtime_error {
@@ -40,6 +41,14 @@ enum class WeightLayout : int32_t { InOut = 0, OutIn = 1 };
 enum class Padding : int32_t { Valid = 0, Same = 1 };
 // Reference: B solves B L = Y.  Textbook: B = Y L^-T (SPEC §1 step 2).
 enum class NystromVariant : int32_t { Reference = 0, Textbook = 1 };
+
+// Where a caller's array lives.  Host: ordinary (pageable) host memory.  PinnedHost: page-locked
+// host memory from Backend::allocate (the CUDA backend copies it asynchronously; on the CPU it is
+// ordinary host memory).  Device: memory of the backend's device from Backend::allocate; the CPU
+// backend has none.
+enum class MemoryKind : int32_t { Host = 0, PinnedHost = 1, Device = 2 };
+
+inline bool isHostMemory(MemoryKind kind) { return kind != MemoryKind::Device; }
 
 struct LayerSpec {
   LayerKind kind = LayerKind::Dense;
@@ -95,6 +104,29 @@ struct StepScalars {
   bool decoupledWeightDecay = false;
 };
 
+// The arrays of one fused step (SPEC §1 steps 3/4), each with where it lives.  bias / gradBias are
+// null iff the layer has no bias.
+struct StepOperands {
+  float* weight = nullptr;
+  float* bias = nullptr;
+  const float* gradWeight = nullptr;
+  const float* gradBias = nullptr;
+  MemoryKind weightMemory = MemoryKind::Host;
+  MemoryKind biasMemory = MemoryKind::Host;
+  MemoryKind gradWeightMemory = MemoryKind::Host;
+  MemoryKind gradBiasMemory = MemoryKind::Host;
+};
+
+// Operands that all live in ordinary host memory (the typed-array path).
+inline StepOperands hostOperands(float* weight, float* bias, const float* gradWeight, const float* gradBias) {
+  StepOperands o;
+  o.weight = weight;
+  o.bias = bias;
+  o.gradWeight = gradWeight;
+  o.gradBias = gradBias;
+  return o;
+}
+
 enum class FactorStatus : int32_t {
   Ok = 0,
   ShiftEnlarged = 1,   // Cholesky needed a larger shift than SPEC §1's |min λ| + ρ
@@ -146,9 +178,10 @@ class Layer {
   // SPEC §1 step 2.  Never leaves non-finite factors: falls back and reports.
   virtual FactorReport nystromFactors(double damping, NystromVariant variant) = 0;
   // SPEC §1 steps 3/4, one fused pass: V = G/ρ + (G U) diag(c) Uᵀ, weight decay, momentum,
-  // parameter update, in place.  bias/gradBias are null iff the layer has no bias.
-  virtual void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight,
-                                          const float* gradBias, const StepScalars& s) = 0;
+  // parameter update, in place.  May return before a device has finished: the results in the
+  // operands (and errors of the device's execution) are there after Backend::synchronize().
+  // Throws ERR_NYSACT_INVALID_ARGUMENT for a memory kind the backend cannot read.
+  virtual void preconditionedMomentumStep(const StepOperands& operands, const StepScalars& s) = 0;
 
   virtual void exportState(LayerState& out) const = 0;
   virtual void importState(const LayerState& in) = 0;  // validated sizes; throws nysact::Error
@@ -160,7 +193,21 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual std::unique_ptr<Layer> createLayer(const LayerSpec& spec) = 0;
-  virtual bool allFinite(const float* x, size_t n) const = 0;
+  // Whether x[0..n) holds only finite values (x in memory of the given kind).
+  virtual bool allFinite(const float* x, size_t n, MemoryKind kind) const = 0;
+  // Waits for all work queued by this backend's layers; turns a device's asynchronous execution
+  // errors into nysact::Error.  A no-op on the CPU.
+  virtual void synchronize() = 0;
+
+  // Memory handed out to callers (JS host buffers and tensors): at least 64-byte aligned, `bytes`
+  // > 0.  Throws nysact::Error (ERR_NYSACT_INVALID_ARGUMENT for a kind the backend does not have,
+  // ERR_NYSACT_NATIVE when out of memory).  release() never throws; null is ignored.
+  virtual void* allocate(MemoryKind kind, size_t bytes) = 0;
+  virtual void release(MemoryKind kind, void* memory) noexcept = 0;
+  // Synchronous copy of `bytes` between memories of any kinds this backend has.
+  virtual void copy(void* dst, MemoryKind dstKind, const void* src, MemoryKind srcKind, size_t bytes) = 0;
+  // Synchronous fill of `count` floats.
+  virtual void fill(float* dst, MemoryKind kind, float value, size_t count) = 0;
 };
 
 // Validates a spec (throws nysact::Error with code ERR_NYSACT_INVALID_ARGUMENT).

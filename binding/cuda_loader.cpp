@@ -106,6 +106,12 @@ void load() {
   resolve(handle, "nysact_cuda_commit", api.commit, missing);
   resolve(handle, "nysact_cuda_nystrom_factors", api.nystromFactors, missing);
   resolve(handle, "nysact_cuda_step", api.step, missing);
+  resolve(handle, "nysact_cuda_synchronize", api.synchronize, missing);
+  resolve(handle, "nysact_cuda_alloc", api.alloc, missing);
+  resolve(handle, "nysact_cuda_free", api.free, missing);
+  resolve(handle, "nysact_cuda_copy", api.copy, missing);
+  resolve(handle, "nysact_cuda_fill", api.fill, missing);
+  resolve(handle, "nysact_cuda_all_finite", api.allFinite, missing);
   resolve(handle, "nysact_cuda_state_lengths", api.stateLengths, missing);
   resolve(handle, "nysact_cuda_export_state", api.exportState, missing);
   resolve(handle, "nysact_cuda_import_state", api.importState, missing);
@@ -198,8 +204,17 @@ class CudaLayerAdapter final : public Layer {
     report.detail = r.detail;
     return report;
   }
-  void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
-                                  const StepScalars& s) override {
+  void preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) override {
+    nysact_cuda_step_operands ops{};
+    ops.struct_size = sizeof(ops);
+    ops.weight = o.weight;
+    ops.bias = o.bias;
+    ops.grad_weight = o.gradWeight;
+    ops.grad_bias = o.gradBias;
+    ops.weight_memory = static_cast<int32_t>(o.weightMemory);
+    ops.bias_memory = static_cast<int32_t>(o.biasMemory);
+    ops.grad_weight_memory = static_cast<int32_t>(o.gradWeightMemory);
+    ops.grad_bias_memory = static_cast<int32_t>(o.gradBiasMemory);
     nysact_cuda_step_scalars c{};
     c.struct_size = sizeof(c);
     c.lr = s.lr;
@@ -208,7 +223,7 @@ class CudaLayerAdapter final : public Layer {
     c.nesterov = s.nesterov ? 1 : 0;
     c.decoupled_weight_decay = s.decoupledWeightDecay ? 1 : 0;
     nysact_cuda_error error{};
-    checkCuda(api_.step(handle_, weight, bias, gradWeight, gradBias, &c, &error), error);
+    checkCuda(api_.step(handle_, &ops, &c, &error), error);
   }
   void exportState(LayerState& out) const override {
     nysact_cuda_state c{};
@@ -281,7 +296,40 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override {
     return std::make_unique<CudaLayerAdapter>(*cudaApi(), spec);
   }
-  bool allFinite(const float* x, size_t n) const override { return cpuBackend().allFinite(x, n); }
+  bool allFinite(const float* x, size_t n, MemoryKind kind) const override {
+    if (kind != MemoryKind::Device) return cpuBackend().allFinite(x, n, MemoryKind::Host);
+    int32_t finite = 0;
+    nysact_cuda_error error{};
+    checkCuda(cudaApi()->allFinite(x, static_cast<int32_t>(kind), n, &finite, &error), error);
+    return finite != 0;
+  }
+  void synchronize() override {
+    nysact_cuda_error error{};
+    checkCuda(cudaApi()->synchronize(&error), error);
+  }
+  void* allocate(MemoryKind kind, size_t bytes) override {
+    if (kind == MemoryKind::Host) return cpuBackend().allocate(kind, bytes);
+    void* memory = nullptr;
+    nysact_cuda_error error{};
+    checkCuda(cudaApi()->alloc(static_cast<int32_t>(kind), bytes, &memory, &error), error);
+    return memory;
+  }
+  void release(MemoryKind kind, void* memory) noexcept override {
+    if (kind == MemoryKind::Host) {
+      cpuBackend().release(kind, memory);
+    } else if (const CudaApi* api = cudaApi()) {
+      api->free(static_cast<int32_t>(kind), memory);
+    }
+  }
+  void copy(void* dst, MemoryKind dstKind, const void* src, MemoryKind srcKind, size_t bytes) override {
+    nysact_cuda_error error{};
+    checkCuda(cudaApi()->copy(dst, static_cast<int32_t>(dstKind), src, static_cast<int32_t>(srcKind), bytes, &error),
+              error);
+  }
+  void fill(float* dst, MemoryKind kind, float value, size_t count) override {
+    nysact_cuda_error error{};
+    checkCuda(cudaApi()->fill(dst, static_cast<int32_t>(kind), value, count, &error), error);
+  }
 };
 
 }  // namespace

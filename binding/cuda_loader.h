@@ -51,6 +51,12 @@ struct CudaApi {
   decltype(&nysact_cuda_commit) commit;
   decltype(&nysact_cuda_nystrom_factors) nystromFactors;
   decltype(&nysact_cuda_step) step;
+  decltype(&nysact_cuda_synchronize) synchronize;
+  decltype(&nysact_cuda_alloc) alloc;
+  decltype(&nysact_cuda_free) free;
+  decltype(&nysact_cuda_copy) copy;
+  decltype(&nysact_cuda_fill) fill;
+  decltype(&nysact_cuda_all_finite) allFinite;
   decltype(&nysact_cuda_state_lengths) stateLengths;
   decltype(&nysact_cuda_export_state) exportState;
   decltype(&nysact_cuda_import_state) importState;

@@ -1,6 +1,7 @@
 // The C ABI of nysact_cuda.so (cuda/nysact_cuda_api.h): every entry point catches everything and
 // reports through the caller's nysact_cuda_error; nothing C++ crosses the boundary.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -8,11 +9,14 @@
 #include <mutex>
 #include <new>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "bench.cuh"
 #include "context.h"
 #include "layer.h"
+#include "memory.cuh"
+#include "sketch.cuh"
 #include "nysact_cuda_api.h"
 
 struct nysact_cuda_layer {
@@ -75,6 +79,24 @@ int32_t onLayer(nysact_cuda_layer* handle, nysact_cuda_error* error, F&& f) {
     layer.context().activate();
     f(layer);
   });
+}
+
+// Runs f on the default device's context, locked and current.
+template <typename F>
+int32_t onDefaultContext(nysact_cuda_error* error, F&& f) {
+  return guarded(error, [&] {
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    f(ctx);
+  });
+}
+
+MemoryKind memoryKind(int32_t memory) {
+  if (memory != NYSACT_CUDA_MEMORY_HOST && memory != NYSACT_CUDA_MEMORY_PINNED && memory != NYSACT_CUDA_MEMORY_DEVICE) {
+    throw Error("ERR_NYSACT_INVALID_ARGUMENT", "unknown memory kind " + std::to_string(memory));
+  }
+  return static_cast<MemoryKind>(memory);
 }
 
 LayerSpec toSpec(const nysact_cuda_layer_spec& c) {
@@ -275,18 +297,94 @@ int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* handle, double damping, i
   });
 }
 
-int32_t nysact_cuda_step(nysact_cuda_layer* handle, float* weight, float* bias, const float* grad_weight,
-                         const float* grad_bias, const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
+int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_operands* operands,
+                         const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {
+    if (operands == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step operands");
+    requireStruct(operands->struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
     if (scalars == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step scalars");
     requireStruct(scalars->struct_size, sizeof(nysact_cuda_step_scalars), "nysact_cuda_step_scalars");
+    StepOperands o;
+    o.weight = operands->weight;
+    o.bias = operands->bias;
+    o.gradWeight = operands->grad_weight;
+    o.gradBias = operands->grad_bias;
+    o.weightMemory = memoryKind(operands->weight_memory);
+    o.biasMemory = memoryKind(operands->bias_memory);
+    o.gradWeightMemory = memoryKind(operands->grad_weight_memory);
+    o.gradBiasMemory = memoryKind(operands->grad_bias_memory);
+    const bool bias = l.spec().bias;
+    if (o.weight == nullptr || o.gradWeight == nullptr || (o.bias == nullptr) == bias || (o.gradBias == nullptr) == bias) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "step operands: weight and gradient needed; bias and its gradient iff the layer has a bias");
+    }
     StepScalars s;
     s.lr = scalars->lr;
     s.momentum = scalars->momentum;
     s.weightDecay = scalars->weight_decay;
     s.nesterov = scalars->nesterov != 0;
     s.decoupledWeightDecay = scalars->decoupled_weight_decay != 0;
-    l.preconditionedMomentumStep(weight, bias, grad_weight, grad_bias, s);
+    l.preconditionedMomentumStep(o, s);
+  });
+}
+
+int32_t nysact_cuda_synchronize(nysact_cuda_error* error) {
+  return onDefaultContext(error, [&](Context& ctx) { ctx.synchronize(); });
+}
+
+int32_t nysact_cuda_alloc(int32_t memory, uint64_t bytes, void** out, nysact_cuda_error* error) {
+  return onDefaultContext(error, [&](Context& ctx) {
+    if (out == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null output pointer");
+    *out = nullptr;
+    *out = allocateCallerMemory(ctx, memoryKind(memory), static_cast<size_t>(bytes));
+  });
+}
+
+void nysact_cuda_free(int32_t memory, void* pointer) {
+  if (pointer == nullptr) return;
+  try {
+    Context& ctx = contextForDefaultDevice();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    (void)cudaSetDevice(ctx.device());
+    releaseCallerMemory(memoryKind(memory), pointer);
+  } catch (...) {
+    // Freeing never reports (see nysact_cuda_layer_destroy).
+  }
+}
+
+int32_t nysact_cuda_copy(void* dst, int32_t dst_memory, const void* src, int32_t src_memory, uint64_t bytes,
+                         nysact_cuda_error* error) {
+  return onDefaultContext(error, [&](Context& ctx) {
+    (void)memoryKind(dst_memory);
+    (void)memoryKind(src_memory);
+    if (bytes > 0 && (dst == nullptr || src == nullptr)) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null copy pointer");
+    copyCallerMemory(ctx, dst, src, static_cast<size_t>(bytes));
+  });
+}
+
+int32_t nysact_cuda_fill(float* dst, int32_t memory, float value, uint64_t count, nysact_cuda_error* error) {
+  return onDefaultContext(error, [&](Context& ctx) {
+    if (count > 0 && dst == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null fill pointer");
+    if (memoryKind(memory) == MemoryKind::Device) {
+      fillDevice(ctx, dst, static_cast<int64_t>(count), value);
+    } else {
+      std::fill(dst, dst + count, value);
+    }
+  });
+}
+
+int32_t nysact_cuda_all_finite(const float* x, int32_t memory, uint64_t count, int32_t* all_finite,
+                               nysact_cuda_error* error) {
+  return onDefaultContext(error, [&](Context& ctx) {
+    if (all_finite == nullptr || (count > 0 && x == nullptr)) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null pointer");
+    if (memoryKind(memory) == MemoryKind::Device) {
+      ctx.resetFlag();
+      if (count > 0) launchFiniteCheck(ctx, x, static_cast<int64_t>(count));
+      *all_finite = ctx.readFlag() ? 0 : 1;
+    } else {
+      bool ok = true;
+      for (uint64_t i = 0; i < count && ok; ++i) ok = std::isfinite(x[i]);
+      *all_finite = ok ? 1 : 0;
+    }
   });
 }
 

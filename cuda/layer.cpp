@@ -227,26 +227,44 @@ FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
   return result.report;
 }
 
-void CudaLayer::preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
-                                           const StepScalars& s) {
+namespace {
+
+// A step operand on the device: the caller's device memory as it is, or (host and pinned memory)
+// a scratch piece filled by an asynchronous copy on the stream.
+template <typename T>
+T* onDevice(const Context& ctx, T* caller, MemoryKind kind, char* base, size_t offset, size_t count) {
+  if (caller == nullptr || kind == MemoryKind::Device) return caller;
+  float* staged = piece<float>(base, offset);
+  copyToDevice(ctx, staged, caller, count * sizeof(float));
+  return staged;
+}
+
+// Pieces of the scratch arena needed to stage host operands (none for device operands).
+size_t stagedCount(MemoryKind kind, size_t count) { return kind == MemoryKind::Device ? 0 : count; }
+
+}  // namespace
+
+void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) {
   const size_t n = static_cast<size_t>(spec_.weightSize());
   if (spec_.kind == LayerKind::Plain) {
     ScratchPlan plan;
-    const size_t oW = plan.add<float>(n), oG = plan.add<float>(n);
-    char* base = ctx_.scratch(plan.total());
-    float* w = piece<float>(base, oW);
-    copyToDevice(ctx_, w, weight, n * sizeof(float));
-    copyToDevice(ctx_, piece<float>(base, oG), gradWeight, n * sizeof(float));
-    cuda::momentumStep(ctx_, static_cast<int64_t>(n), w, piece<float>(base, oG), momentum_.data(), s);
-    copyToHost(ctx_, weight, w, n * sizeof(float));
-    ctx_.synchronize();
+    const size_t oW = plan.add<float>(stagedCount(o.weightMemory, n));
+    const size_t oG = plan.add<float>(stagedCount(o.gradWeightMemory, n));
+    char* base = plan.total() > 0 ? ctx_.scratch(plan.total()) : nullptr;
+    float* w = onDevice(ctx_, o.weight, o.weightMemory, base, oW, n);
+    const float* g = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, oG, n);
+    cuda::momentumStep(ctx_, static_cast<int64_t>(n), w, g, momentum_.data(), s);
+    if (o.weightMemory != MemoryKind::Device) copyToHost(ctx_, o.weight, w, n * sizeof(float));
     return;
   }
   if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
   const size_t q = static_cast<size_t>(spec_.fanOut);
+  const size_t qBias = spec_.bias ? q : 0;
   ScratchPlan plan;
-  const size_t oW = plan.add<float>(n), oG = plan.add<float>(n);
-  const size_t oB = plan.add<float>(spec_.bias ? q : 0), oGb = plan.add<float>(spec_.bias ? q : 0);
+  const size_t oW = plan.add<float>(stagedCount(o.weightMemory, n));
+  const size_t oG = plan.add<float>(stagedCount(o.gradWeightMemory, n));
+  const size_t oB = plan.add<float>(stagedCount(o.biasMemory, qBias));
+  const size_t oGb = plan.add<float>(stagedCount(o.gradBiasMemory, qBias));
   const size_t oM = plan.add<float>(q * static_cast<size_t>(k_));
   char* base = ctx_.scratch(plan.total());
   DeviceStep d;
@@ -254,23 +272,18 @@ void CudaLayer::preconditionedMomentumStep(float* weight, float* bias, const flo
   d.coefficients = coefficients_.data();
   d.k = k_;
   d.inverseDamping = static_cast<float>(inverseDamping_);
-  d.weight = piece<float>(base, oW);
-  d.gradWeight = piece<float>(base, oG);
+  d.weight = onDevice(ctx_, o.weight, o.weightMemory, base, oW, n);
+  d.gradWeight = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, oG, n);
   d.momentum = momentum_.data();
   d.scratchM = piece<float>(base, oM);
-  copyToDevice(ctx_, d.weight, weight, n * sizeof(float));
-  copyToDevice(ctx_, piece<float>(base, oG), gradWeight, n * sizeof(float));
   if (spec_.bias) {
-    d.bias = piece<float>(base, oB);
-    d.gradBias = piece<float>(base, oGb);
+    d.bias = onDevice(ctx_, o.bias, o.biasMemory, base, oB, q);
+    d.gradBias = onDevice(ctx_, o.gradBias, o.gradBiasMemory, base, oGb, q);
     d.biasMomentum = biasMomentum_.data();
-    copyToDevice(ctx_, d.bias, bias, q * sizeof(float));
-    copyToDevice(ctx_, piece<float>(base, oGb), gradBias, q * sizeof(float));
   }
   cuda::preconditionedMomentumStep(ctx_, spec_, d, s);
-  copyToHost(ctx_, weight, d.weight, n * sizeof(float));
-  if (spec_.bias) copyToHost(ctx_, bias, d.bias, q * sizeof(float));
-  ctx_.synchronize();
+  if (o.weightMemory != MemoryKind::Device) copyToHost(ctx_, o.weight, d.weight, n * sizeof(float));
+  if (spec_.bias && o.biasMemory != MemoryKind::Device) copyToHost(ctx_, o.bias, d.bias, q * sizeof(float));
 }
 
 void CudaLayer::exportState(LayerState& out) const {

@@ -33,8 +33,9 @@ class CudaLayer {
   void writePendingCovariance(const float* in);
   void commitStatistics(double statDecay);
   FactorReport nystromFactors(double damping, NystromVariant variant);
-  void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
-                                  const StepScalars& s);
+  // Enqueued on the context's stream; the caller synchronises (Context::synchronize) before it reads
+  // host operands back.  Device operands are used in place: no copy at all.
+  void preconditionedMomentumStep(const StepOperands& operands, const StepScalars& s);
   void exportState(LayerState& out) const;
   void importState(const LayerState& in);
   size_t stateBytes() const;

@@ -7,7 +7,11 @@
  * checks nysact_cuda_abi_version() == NYSACT_CUDA_ABI_VERSION and every struct_size, then wraps the
  * handles as nysact::Layer.
  *
- * Host pointers only: every array argument is in host memory, in the layouts of binding/backend.h.
+ * Array arguments are in host memory, in the layouts of binding/backend.h, except where a memory kind
+ * says otherwise (nysact_cuda_step_operands, nysact_cuda_copy, nysact_cuda_fill,
+ * nysact_cuda_all_finite): then NYSACT_CUDA_MEMORY_PINNED means page-locked host memory from
+ * nysact_cuda_alloc, NYSACT_CUDA_MEMORY_DEVICE device memory from nysact_cuda_alloc (or any device
+ * pointer of the library's device).
  * The entry points of one process are serialised by a per-device lock inside the library. */
 #ifndef NYSACT_CUDA_API_H
 #define NYSACT_CUDA_API_H
@@ -19,7 +23,7 @@
 extern "C" {
 #endif
 
-#define NYSACT_CUDA_ABI_VERSION 1
+#define NYSACT_CUDA_ABI_VERSION 2
 
 #if defined(NYSACT_CUDA_BUILDING_LIBRARY)
 #define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
@@ -28,6 +32,9 @@ extern "C" {
 #endif
 
 enum { NYSACT_CUDA_OK = 0, NYSACT_CUDA_FAILED = 1 };
+
+/* Mirrors nysact::MemoryKind (binding/backend.h). */
+enum { NYSACT_CUDA_MEMORY_HOST = 0, NYSACT_CUDA_MEMORY_PINNED = 1, NYSACT_CUDA_MEMORY_DEVICE = 2 };
 
 typedef struct nysact_cuda_layer nysact_cuda_layer;
 
@@ -68,6 +75,18 @@ typedef struct nysact_cuda_step_scalars {
   double lr, momentum, weight_decay;
   int32_t nesterov, decoupled_weight_decay;
 } nysact_cuda_step_scalars;
+
+/* The arrays of one fused step with their memory kinds; bias / grad_bias null iff the layer has no
+ * bias.  Device operands are used in place (no copy); host and pinned operands are staged through
+ * the context's scratch memory (pinned: truly asynchronous copies). */
+typedef struct nysact_cuda_step_operands {
+  uint32_t struct_size;
+  float* weight;
+  float* bias;
+  const float* grad_weight;
+  const float* grad_bias;
+  int32_t weight_memory, bias_memory, grad_weight_memory, grad_bias_memory;
+} nysact_cuda_step_operands;
 
 typedef struct nysact_cuda_factor_report {
   uint32_t struct_size;
@@ -122,10 +141,29 @@ NYSACT_CUDA_EXPORT int32_t nysact_cuda_write_pending(nysact_cuda_layer* layer, c
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_commit(nysact_cuda_layer* layer, double stat_decay, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* layer, double damping, int32_t variant,
                                                        nysact_cuda_factor_report* report, nysact_cuda_error* error);
-/* bias / grad_bias are null iff the layer has no bias. */
-NYSACT_CUDA_EXPORT int32_t nysact_cuda_step(nysact_cuda_layer* layer, float* weight, float* bias,
-                                            const float* grad_weight, const float* grad_bias,
+/* Enqueues the fused step on the context's stream and returns: the results in the operands (and
+ * errors of the kernels' execution) are there after nysact_cuda_synchronize.  Pageable host
+ * operands are read before it returns (the CUDA runtime stages them); writing them back is
+ * complete on return (device-to-pageable copies are synchronous). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_step(nysact_cuda_layer* layer, const nysact_cuda_step_operands* operands,
                                             const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error);
+/* Waits for everything queued on the default device's context stream. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_synchronize(nysact_cuda_error* error);
+
+/* Caller memory on the default device's context: NYSACT_CUDA_MEMORY_PINNED (cudaHostAlloc,
+ * page-locked host memory) or NYSACT_CUDA_MEMORY_DEVICE (cudaMalloc).  bytes > 0. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_alloc(int32_t memory, uint64_t bytes, void** out, nysact_cuda_error* error);
+/* Never fails; null is ignored.  memory as given to nysact_cuda_alloc. */
+NYSACT_CUDA_EXPORT void nysact_cuda_free(int32_t memory, void* pointer);
+/* Synchronous copy (cudaMemcpyAsync on the context stream, then a synchronisation). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_copy(void* dst, int32_t dst_memory, const void* src, int32_t src_memory,
+                                            uint64_t bytes, nysact_cuda_error* error);
+/* Synchronous fill of `count` floats with `value`. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_fill(float* dst, int32_t memory, float value, uint64_t count,
+                                            nysact_cuda_error* error);
+/* *all_finite = 1 iff x[0..count) holds no NaN or infinity (synchronous). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_all_finite(const float* x, int32_t memory, uint64_t count,
+                                                  int32_t* all_finite, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_state_lengths(nysact_cuda_layer* layer, nysact_cuda_state* state,
                                                      nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_export_state(nysact_cuda_layer* layer, nysact_cuda_state* state,

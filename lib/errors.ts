@@ -23,6 +23,13 @@ export const ErrorCodes = Object.freeze({
   LOAD: 'ERR_NYSACT_LOAD',
   /** An optional peer dependency (e.g. `@tensorflow/tfjs-core` for `nysact/tfjs`) is not installed. */
   PEER_MISSING: 'ERR_NYSACT_PEER_MISSING',
+  /**
+   * The optimizer (or a tensor) is in use by an asynchronous step (`stepAsync`): wait for its
+   * promise or `synchronize()` first.
+   */
+  BUSY: 'ERR_NYSACT_BUSY',
+  /** The JavaScript runtime cannot do what was asked (e.g. it forbids external ArrayBuffers). */
+  UNSUPPORTED: 'ERR_NYSACT_UNSUPPORTED',
   /** Any other failure inside the native addon. */
   NATIVE: 'ERR_NYSACT_NATIVE',
 } as const);
@@ -103,6 +110,11 @@ export function describeValue(value: unknown): string {
   if (Array.isArray(value)) return `Array(${value.length})`;
   if (value instanceof ArrayBuffer) return `ArrayBuffer(${value.byteLength})`;
   const ctor = (value as object).constructor;
+  if (ctor?.name === 'DeviceTensor') {
+    // lib/tensor.ts; described by duck typing to keep this module free of imports.
+    const t = value as { length?: unknown; backend?: unknown; disposed?: unknown };
+    return `DeviceTensor(${String(t.length)}, '${String(t.backend)}'${t.disposed === true ? ', disposed' : ''})`;
+  }
   if (ctor === undefined || ctor === Object) return 'an object';
   return `an instance of ${ctor.name || 'an anonymous class'}`;
 }

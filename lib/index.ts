@@ -10,6 +10,7 @@ export type {
   LayerUpdate,
   ObserveOptions,
   StepOptions,
+  StepArray,
   StepResult,
 } from './nysact.js';
 export { DEFAULT_OPTIONS, layerKey } from './options.js';
@@ -37,6 +38,8 @@ export type { LayerState, NysActLayerStateEntry, NysActState } from './state.js'
 export { ErrorCodes, NysActError } from './errors.js';
 export type { InvalidArgumentRangeError, InvalidArgumentTypeError, NysActErrorCode } from './errors.js';
 export { liveObjects, nativeInfo, setThreads } from './runtime.js';
-export type { BackendInfo, NativeInfo } from './runtime.js';
+export type { BackendInfo, LiveObjects, NativeInfo } from './runtime.js';
+export { DeviceTensor, MAX_BUFFER_LENGTH, hostBuffer, tensor } from './tensor.js';
+export type { BufferOptions } from './tensor.js';
 export { NATIVE_INTERFACE_VERSION, loadNative } from './loader.js';
 export type * from './native.js';

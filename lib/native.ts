@@ -111,6 +111,47 @@ export interface NativeLayer {
   isDisposed(): boolean;
 }
 
+/** Backend memory (`Tensor`): device memory on CUDA, 64-byte aligned host memory on the CPU. */
+export interface NativeTensor {
+  /** Copies src into elements [offset, offset + src.length). */
+  upload(src: Float32Array, offset: number): void;
+  /** Copies elements [offset, offset + dst.length) into dst. */
+  download(dst: Float32Array, offset: number): void;
+  fill(value: number): void;
+  /** Idempotent; throws ERR_NYSACT_BUSY while an asynchronous step uses the tensor. */
+  dispose(): void;
+  isDisposed(): boolean;
+  length(): number;
+  backend(): string;
+}
+
+/** An operand of a step: a typed array (host memory, page-locked if from hostBuffer) or a tensor. */
+export type NativeOperand = Float32Array | NativeTensor;
+
+/**
+ * One whole optimizer step (SPEC §1) over `layers`, in order: commit statistics (`statistics`,
+ * preconditioned layers), rebuild the factors (`inverse`), then the fused update. The arrays are
+ * parallel to `layers`; biases and biasGrads are null for layers without a bias.
+ */
+export interface NativeStepPlan {
+  layers: NativeLayer[];
+  weights: NativeOperand[];
+  biases: (NativeOperand | null)[];
+  grads: NativeOperand[];
+  biasGrads: (NativeOperand | null)[];
+  statistics: boolean;
+  inverse: boolean;
+  statDecay: number;
+  damping: number;
+  /** 0 reference, 1 textbook. */
+  variant: 0 | 1;
+  /** [lr, momentum, weightDecay, nesterov 0|1, decoupledWeightDecay 0|1]. */
+  scalars: Float64Array;
+}
+
+/** Per plan entry: the factor report where factors were rebuilt, else null; empty when no entry rebuilt. */
+export type NativeStepPlanResult = (NativeFactorReport | null)[];
+
 export interface NativeBackendInfo {
   name: string;
   available: boolean;
@@ -120,19 +161,48 @@ export interface NativeBackendInfo {
   device: string;
 }
 
+export interface NativeLiveObjects {
+  layers: number;
+  bytes: number;
+  tensors: number;
+  tensorBytes: number;
+  hostBuffers: number;
+  hostBufferBytes: number;
+}
+
 export interface NativeBinding {
   readonly version: string;
   readonly interfaceVersion: number;
   readonly Layer: new (spec: NativeLayerSpec, backend: string) => NativeLayer;
-  allFinite(x: Float32Array): boolean;
+  readonly Tensor: new (length: number, backend: string) => NativeTensor;
+  /** x is scanned where it lives (a CUDA tensor on the device). */
+  allFinite(x: NativeOperand): boolean;
+  /**
+   * Runs a whole step on this thread. Throws an error with `layerIndex` (the failing entry, -1
+   * when the final synchronisation failed); entries before it have been updated.
+   */
+  stepPlan(plan: NativeStepPlan): NativeStepPlanResult;
+  /**
+   * The same on a libuv pool thread. Until the promise settles, the plan's layers and tensors
+   * throw ERR_NYSACT_BUSY and every array is referenced (JS must not write them).
+   */
+  stepPlanAsync(plan: NativeStepPlan): Promise<NativeStepPlanResult>;
+  /**
+   * A Float32Array over an external ArrayBuffer of backend memory (CPU: 64-byte aligned; CUDA:
+   * page-locked), freed by its finalizer. Throws ERR_NYSACT_UNSUPPORTED where the runtime forbids
+   * external buffers.
+   */
+  hostBuffer(length: number, backend: string): Float32Array;
+  /** The largest power of two (at most 4096) dividing the address of x's data. */
+  byteAlignment(x: Float32Array): number;
   threads(): number;
   setThreads(threads: number): void;
   philoxGaussianSketch(seedHi: number, seedLo: number, layerKey: number, statStep: number, p: number, r: number): Float32Array;
   philoxSubcolumns(seedHi: number, seedLo: number, layerKey: number, statStep: number, p: number, r: number): Int32Array;
   convGeometry(spec: NativeLayerSpec, height: number, width: number): NativeConvGeometry;
   backends(): NativeBackendInfo[];
-  /** Live native layers and the bytes they own, for leak tests. */
-  liveObjects(): { layers: number; bytes: number };
+  /** Live native layers, tensors and host buffers and the bytes they own, for leak tests. */
+  liveObjects(): NativeLiveObjects;
   /** Whether this process has tried to load the CUDA backend library (only `backends()` and `'cuda'` layers do). */
   cudaLoadAttempted(): boolean;
 

@@ -6,7 +6,7 @@
  */
 import { ErrorCodes, NysActError, callNative, fromNative, invalidCall, invalidRange, invalidType } from './errors.js';
 import { loadNative } from './loader.js';
-import type { NativeBinding, NativeLayer, NativeLayerSpec } from './native.js';
+import type { NativeBinding, NativeLayer, NativeLayerSpec, NativeOperand, NativeStepPlan, NativeStepPlanResult } from './native.js';
 import {
   OPTION_KEYS,
   layerGeometry,
@@ -38,6 +38,8 @@ import {
   type LayerState,
   type NysActState,
 } from './state.js';
+import { chooseBackend } from './runtime.js';
+import { DeviceTensor, hostBuffer, tensorInternals, type TensorInternals } from './tensor.js';
 import { assertFloat32Array, assertKnownKeys, assertObject, isObject } from './validate.js';
 
 /** Options of {@link NysAct.observe}. */
@@ -51,16 +53,25 @@ export interface ObserveOptions {
   sketch?: Float32Array | Int32Array;
 }
 
-/** The parameters and gradients of one layer for {@link NysAct.step}, updated in place. */
-export interface LayerUpdate {
+/** An array a step reads or updates: a `Float32Array` or a {@link DeviceTensor}. */
+export type StepArray = Float32Array | DeviceTensor;
+
+/**
+ * The parameters and gradients of one layer for {@link NysAct.step}, updated in place. `step` and
+ * `stepAsync` take `LayerUpdate<StepArray>`: each array a `Float32Array` (any, or one from
+ * {@link NysAct.hostBuffer}) or a {@link DeviceTensor} of the optimizer's backend (with CUDA
+ * tensors the step copies nothing between host and device). The default type parameter keeps
+ * plain `Float32Array` fields.
+ */
+export interface LayerUpdate<A extends StepArray = Float32Array> {
   /** The weight (dense `[in, out]` or `[out, in]` per layout; conv `[kh, kw, inC, outC]`; plain: `size`). */
-  weight: Float32Array;
+  weight: A;
   /** The gradient of the weight, same layout and length. */
-  grad: Float32Array;
+  grad: A;
   /** The bias (length = fan-out), present iff the layer has a bias. */
-  bias?: Float32Array;
+  bias?: A;
   /** The gradient of the bias, present iff the layer has a bias. */
-  biasGrad?: Float32Array;
+  biasGrad?: A;
 }
 
 /** Options of {@link NysAct.step}. */
@@ -116,6 +127,31 @@ export interface LayerStateInfo extends LayerState {
   fullCovariance: boolean;
 }
 
+/** A validated step: its native plan, or the result of a skipped step. */
+interface PreparedStep {
+  skipped: StepResult | null;
+  plan: NativeStepPlan;
+  records: LayerRecord[];
+  tensors: TensorInternals[];
+  iteration: number;
+  statistics: boolean;
+  inverse: boolean;
+}
+
+const EMPTY_PLAN: NativeStepPlan = {
+  layers: [],
+  weights: [],
+  biases: [],
+  grads: [],
+  biasGrads: [],
+  statistics: false,
+  inverse: false,
+  statDecay: 0,
+  damping: 1,
+  variant: 0,
+  scalars: new Float64Array(5),
+};
+
 interface LayerRecord {
   readonly name: string;
   readonly spec: Readonly<LayerSpec>;
@@ -158,6 +194,8 @@ export class NysAct {
   #iteration = 0;
   #frozen = false;
   #disposed = false;
+  /** Settles (never rejects) when the asynchronous step in flight does; null when none is. */
+  #inFlight: Promise<void> | null = null;
   /** Layers whose last activations were non-finite (only with nonFinite 'skip'). */
   readonly #nonFiniteActivations = new Map<string, string>();
 
@@ -172,21 +210,7 @@ export class NysAct {
     this.#options = resolved;
     this.#seed = seedBig;
     this.#native = loadNative();
-    this.#backend = NysAct.#chooseBackend(this.#native, resolved.backend);
-  }
-
-  static #chooseBackend(native: NativeBinding, request: ResolvedNysActOptions['backend']): 'cpu' | 'cuda' {
-    // Checked first: the CPU path must never load the CUDA library (backends() does).
-    if (request === 'cpu') return 'cpu';
-    const backends = callNative(() => native.backends());
-    const cuda = backends.find((b) => b.name === 'cuda');
-    if (cuda?.available) return 'cuda';
-    if (request === 'auto') return 'cpu';
-    const why =
-      cuda === undefined
-        ? 'this build has no CUDA backend yet'
-        : `the CUDA backend is not available on this machine${cuda.reason ? ` (${cuda.reason})` : ''}`;
-    throw new NysActError(ErrorCodes.BACKEND_UNAVAILABLE, `Cannot use backend 'cuda': ${why}; use 'cpu' or 'auto'`);
+    this.#backend = chooseBackend(this.#native, resolved.backend);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -236,7 +260,7 @@ export class NysAct {
   }
 
   set lr(value: number) {
-    this.#checkDisposed();
+    this.#checkUsable('the lr setter');
     this.#options.lr = validateLr(value);
   }
 
@@ -246,7 +270,7 @@ export class NysAct {
   }
 
   set momentum(value: number) {
-    this.#checkDisposed();
+    this.#checkUsable('the momentum setter');
     this.#options.momentum = validateMomentum(value);
   }
 
@@ -256,7 +280,7 @@ export class NysAct {
   }
 
   set weightDecay(value: number) {
-    this.#checkDisposed();
+    this.#checkUsable('the weightDecay setter');
     this.#options.weightDecay = validateWeightDecay(value);
   }
 
@@ -266,13 +290,13 @@ export class NysAct {
   }
 
   set damping(value: number) {
-    this.#checkDisposed();
+    this.#checkUsable('the damping setter');
     this.#options.damping = validateDamping(value);
   }
 
   /** Bytes of native state held by all layers. */
   get stateBytes(): number {
-    this.#checkDisposed();
+    this.#checkUsable('the stateBytes getter');
     let total = 0;
     for (const rec of this.#layers.values()) total += callNative(() => rec.native.stateBytes());
     return total;
@@ -289,7 +313,7 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
    */
   addDense(name: string, options: DenseOptions): void {
-    this.#checkCanAdd(name);
+    this.#checkCanAdd(name, 'addDense()');
     this.#addLayer(name, resolveDenseOptions(options, this.#options));
   }
 
@@ -301,7 +325,7 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
    */
   addConv2d(name: string, options: Conv2dOptions): void {
-    this.#checkCanAdd(name);
+    this.#checkCanAdd(name, 'addConv2d()');
     this.#addLayer(name, resolveConv2dOptions(options, this.#options));
   }
 
@@ -313,12 +337,12 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` after the first step.
    */
   addParam(name: string, options: ParamOptions): void {
-    this.#checkCanAdd(name);
+    this.#checkCanAdd(name, 'addParam()');
     this.#addLayer(name, resolveParamOptions(options));
   }
 
-  #checkCanAdd(name: unknown): asserts name is string {
-    this.#checkDisposed();
+  #checkCanAdd(name: unknown, method: string): asserts name is string {
+    this.#checkUsable(method);
     name = validateLayerName(name);
     if (this.#layers.has(name as string)) {
       throw invalidRange('a name that is not registered yet', 'name', name, `a layer named ${JSON.stringify(name)} already exists`);
@@ -371,7 +395,7 @@ export class NysAct {
    *   `'skip'` the next step is skipped instead).
    */
   observe(name: string, activations: Float32Array, shape: readonly number[], options?: ObserveOptions): void {
-    this.#checkDisposed();
+    this.#checkUsable('observe()');
     const rec = this.#preconditioned(name);
     if (!this.needsActivations) {
       throw invalidCall(
@@ -502,7 +526,7 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` when the layer has no pending statistics.
    */
   pendingCovariance(name: string): Float32Array {
-    this.#checkDisposed();
+    this.#checkUsable('pendingCovariance()');
     const rec = this.#checkPending(name);
     return callNative(() => rec.native.readPendingCovariance(), `pendingCovariance(${JSON.stringify(name)})`);
   }
@@ -517,7 +541,7 @@ export class NysAct {
    *   when the layer has no pending statistics.
    */
   setPendingCovariance(name: string, c: Float32Array): void {
-    this.#checkDisposed();
+    this.#checkUsable('setPendingCovariance()');
     const rec = this.#checkPending(name);
     const data = assertFloat32Array(c, 'c', rec.geometry.p * rec.geometry.r);
     if (!callNative(() => this.#native.allFinite(data))) {
@@ -543,21 +567,91 @@ export class NysAct {
    * One optimizer step (SPEC §1): on statistics steps commits the observed statistics, on inverse
    * steps rebuilds the preconditioners, then applies the fused preconditioned momentum update to
    * every weight (and bias) in place. Every argument is validated before any state changes: a
-   * call that throws changes nothing.
+   * call that throws changes nothing. The native work of the whole step is one call.
    *
-   * @param grads one entry per registered layer and parameter, keyed by name
+   * @param grads one entry per registered layer and parameter, keyed by name; each array may be a
+   *   `Float32Array` (e.g. from {@link hostBuffer}) or a {@link DeviceTensor} of this optimizer's backend
    * @param options `missing: 'skip'` leaves layers absent from `grads` untouched this step (no
    *   statistics, factors, weight decay or momentum; their pending statistics are dropped), as
    *   PyTorch skips parameters whose `.grad` is None. Default `'throw'`.
    * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a missing (with
-   *   `missing: 'throw'`), unknown or malformed entry.
+   *   `missing: 'throw'`), unknown or malformed entry, a tensor of the wrong length or backend.
    * @throws {NysActError} `ERR_NYSACT_MISSING_ACTIVATIONS` on a statistics step without
    *   activations for a layer; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in a gradient with
-   *   `nonFinite: 'throw'`; `ERR_NYSACT_NATIVE` if the native update itself fails (then the
-   *   layers before the failing one may have been updated).
+   *   `nonFinite: 'throw'`; `ERR_NYSACT_DISPOSED` for a disposed tensor; `ERR_NYSACT_BUSY` while
+   *   an asynchronous step is in flight (or uses a tensor passed here); `ERR_NYSACT_NATIVE` if the
+   *   native update itself fails (then the layers before the failing one may have been updated).
    */
-  step(grads: Record<string, LayerUpdate>, options?: StepOptions): StepResult {
-    this.#checkDisposed();
+  step(grads: Record<string, LayerUpdate<StepArray>>, options?: StepOptions): StepResult {
+    this.#checkUsable('step()');
+    const prepared = this.#prepareStep(grads, options);
+    if (prepared.skipped !== null) return prepared.skipped;
+    let reports: NativeStepPlanResult;
+    try {
+      reports = this.#native.stepPlan(prepared.plan);
+    } catch (error) {
+      throw this.#stepError(error, prepared);
+    }
+    return this.#finishStep(prepared, reports);
+  }
+
+  /**
+   * {@link step} with the native work of the whole step (statistics, factors, fused updates of
+   * every layer) on a libuv pool thread: the JS thread is free meanwhile. The result is the same,
+   * bit for bit, as `step()` would give. On CUDA the pool thread enqueues the step and waits for
+   * the stream.
+   *
+   * Validation is the same as `step()`'s and happens before any state changes: a rejected promise
+   * means nothing changed, except for `ERR_NYSACT_NATIVE` (as with `step()`, layers before the
+   * failing one may have been updated). Every error is a rejection, never a synchronous throw.
+   *
+   * Until the promise settles the optimizer is busy: every method that changes or reads its state
+   * (`step`, `stepAsync`, `observe`, `getState`, `setState`, `addDense`…, `layerState`,
+   * `pendingCovariance`, the hyperparameter setters, `dispose`, …) throws `ERR_NYSACT_BUSY`, and so
+   * do the methods of the {@link DeviceTensor}s passed. The arrays passed are kept alive until then
+   * and are read and written by the pool thread: **JS must not write, transfer or detach them
+   * until the promise settles.** `iteration` advances when it resolves.
+   *
+   * @returns a promise of the {@link StepResult}
+   */
+  async stepAsync(grads: Record<string, LayerUpdate<StepArray>>, options?: StepOptions): Promise<StepResult> {
+    this.#checkUsable('stepAsync()');
+    const prepared = this.#prepareStep(grads, options);
+    if (prepared.skipped !== null) return prepared.skipped;
+    for (const t of prepared.tensors) t.busy += 1;
+    let settle!: () => void;
+    this.#inFlight = new Promise<void>((resolve) => (settle = resolve));
+    try {
+      let reports: NativeStepPlanResult;
+      try {
+        reports = await this.#native.stepPlanAsync(prepared.plan);
+      } catch (error) {
+        throw this.#stepError(error, prepared);
+      }
+      return this.#finishStep(prepared, reports);
+    } finally {
+      for (const t of prepared.tensors) t.busy -= 1;
+      this.#inFlight = null;
+      settle();
+    }
+  }
+
+  /**
+   * Resolves when no asynchronous step is in flight: at once when none is, else when the one in
+   * flight settles (it never rejects: the step's own promise carries its error).
+   */
+  synchronize(): Promise<void> {
+    return this.#inFlight ?? Promise.resolve();
+  }
+
+  /** Whether an asynchronous step ({@link stepAsync}) is in flight. */
+  get busy(): boolean {
+    return this.#inFlight !== null;
+  }
+
+  // Validates a step completely (nothing changes before this returns) and builds its native plan;
+  // `skipped` is the result when the step is skipped for non-finite values (pending discarded).
+  #prepareStep(grads: Record<string, LayerUpdate<StepArray>>, options: StepOptions | undefined): PreparedStep {
     assertObject(grads, 'grads');
     let missing: 'throw' | 'skip' = 'throw';
     if (options !== undefined) {
@@ -574,8 +668,9 @@ export class NysAct {
         throw invalidType(`a registered layer name (one of ${this.layers.join(', ') || 'none yet'})`, `grads.${key}`, grads[key], `unknown layer ${JSON.stringify(key)}`);
       }
     }
-    const updates: { rec: LayerRecord; weight: Float32Array; grad: Float32Array; bias: Float32Array | null; biasGrad: Float32Array | null }[] = [];
+    const updates: { rec: LayerRecord; weight: NativeOperand; grad: NativeOperand; bias: NativeOperand | null; biasGrad: NativeOperand | null }[] = [];
     const skippedLayers: LayerRecord[] = [];
+    const tensors = new Set<TensorInternals>();
     for (const rec of this.#layers.values()) {
       const where = `grads.${rec.name}`;
       const entry = grads[rec.name];
@@ -588,13 +683,13 @@ export class NysAct {
       }
       assertKnownKeys(entry, ['weight', 'grad', 'bias', 'biasGrad'], where, 'field');
       const { weightSize, biasSize } = rec.geometry;
-      const weight = assertFloat32Array(entry.weight, `${where}.weight`, weightSize);
-      const grad = assertFloat32Array(entry.grad, `${where}.grad`, weightSize);
-      let bias: Float32Array | null = null;
-      let biasGrad: Float32Array | null = null;
+      const weight = this.#operand(entry.weight, `${where}.weight`, weightSize, tensors);
+      const grad = this.#operand(entry.grad, `${where}.grad`, weightSize, tensors);
+      let bias: NativeOperand | null = null;
+      let biasGrad: NativeOperand | null = null;
       if (biasSize > 0) {
-        bias = assertFloat32Array(entry.bias, `${where}.bias`, biasSize);
-        biasGrad = assertFloat32Array(entry.biasGrad, `${where}.biasGrad`, biasSize);
+        bias = this.#operand(entry.bias, `${where}.bias`, biasSize, tensors);
+        biasGrad = this.#operand(entry.biasGrad, `${where}.biasGrad`, biasSize, tensors);
       } else {
         for (const key of ['bias', 'biasGrad'] as const) {
           if (entry[key] !== undefined) {
@@ -646,7 +741,8 @@ export class NysAct {
     }
     if (reason !== null) {
       this.#discardPending();
-      return { iteration: t, skipped: true, reason, statistics: false, inverse: false, fallbacks: [] };
+      const skipped: StepResult = { iteration: t, skipped: true, reason, statistics: false, inverse: false, fallbacks: [] };
+      return { skipped, plan: EMPTY_PLAN, records: [], tensors: [], iteration: t, statistics: false, inverse: false };
     }
 
     // Validation is complete; from here on native state changes.
@@ -656,34 +752,65 @@ export class NysAct {
       this.#nonFiniteActivations.delete(rec.name);
     }
     const o = this.#options;
-    const scalars = new Float64Array([o.lr, o.momentum, o.weightDecay, o.nesterov ? 1 : 0, o.weightDecayMode === 'decoupled' ? 1 : 0]);
-    const variant = o.nystrom === 'reference' ? 0 : 1;
-    const fallbacks: FallbackInfo[] = [];
-    for (const { rec, weight, grad, bias, biasGrad } of updates) {
-      const context = `step ${t}, layer ${JSON.stringify(rec.name)}`;
-      try {
-        if (rec.geometry.preconditioned) {
-          if (statistics) rec.native.commitStatistics(o.statDecay);
-          if (inverse) {
-            const report = rec.native.nystromFactors(o.damping, variant);
-            if (report.status !== 0) {
-              fallbacks.push({
-                layer: rec.name,
-                status: FALLBACK_STATUS[report.status] ?? 'identity',
-                shift: report.shift,
-                attempts: report.attempts,
-                detail: report.detail,
-              });
-            }
-          }
-        }
-        rec.native.preconditionedMomentumStep(weight, bias, grad, biasGrad, scalars);
-      } catch (error) {
-        throw fromNative(error, context);
-      }
+    const plan: NativeStepPlan = {
+      layers: updates.map((u) => u.rec.native),
+      weights: updates.map((u) => u.weight),
+      biases: updates.map((u) => u.bias),
+      grads: updates.map((u) => u.grad),
+      biasGrads: updates.map((u) => u.biasGrad),
+      statistics,
+      inverse,
+      statDecay: o.statDecay,
+      damping: o.damping,
+      variant: o.nystrom === 'reference' ? 0 : 1,
+      scalars: new Float64Array([o.lr, o.momentum, o.weightDecay, o.nesterov ? 1 : 0, o.weightDecayMode === 'decoupled' ? 1 : 0]),
+    };
+    return { skipped: null, plan, records: updates.map((u) => u.rec), tensors: [...tensors], iteration: t, statistics, inverse };
+  }
+
+  // A step operand: a Float32Array, or a usable DeviceTensor of this optimizer's backend.
+  #operand(value: unknown, name: string, length: number, tensors: Set<TensorInternals>): NativeOperand {
+    const expected = `a Float32Array or DeviceTensor of length ${length}`;
+    if (value instanceof Float32Array) {
+      if (value.length !== length) throw invalidRange(expected, name, value);
+      return value;
     }
-    this.#iteration = t + 1;
-    return { iteration: t, skipped: false, reason: null, statistics, inverse, fallbacks };
+    if (!(value instanceof DeviceTensor)) throw invalidType('a Float32Array or DeviceTensor', name, value);
+    const state = tensorInternals(value);
+    if (state.native.isDisposed()) {
+      throw new NysActError(ErrorCodes.DISPOSED, `Expected a live DeviceTensor for ${name} but received a disposed one`);
+    }
+    if (value.length !== length) throw invalidRange(expected, name, value);
+    if (value.backend !== this.#backend) {
+      throw invalidRange(`a DeviceTensor of this optimizer's backend ('${this.#backend}')`, name, value);
+    }
+    if (state.busy > 0) {
+      throw new NysActError(ErrorCodes.BUSY, `${name} is a DeviceTensor in use by an asynchronous step in flight; await it first`);
+    }
+    tensors.add(state);
+    return state.native;
+  }
+
+  #stepError(error: unknown, prepared: PreparedStep): Error {
+    const index = (error as { layerIndex?: unknown } | null)?.layerIndex;
+    const rec = typeof index === 'number' && index >= 0 ? prepared.records[index] : undefined;
+    return fromNative(error, rec ? `step ${prepared.iteration}, layer ${JSON.stringify(rec.name)}` : `step ${prepared.iteration}`);
+  }
+
+  #finishStep(prepared: PreparedStep, reports: NativeStepPlanResult): StepResult {
+    const fallbacks: FallbackInfo[] = [];
+    reports.forEach((report, i) => {
+      if (report === null || report.status === 0) return;
+      fallbacks.push({
+        layer: prepared.records[i].name,
+        status: FALLBACK_STATUS[report.status] ?? 'identity',
+        shift: report.shift,
+        attempts: report.attempts,
+        detail: report.detail,
+      });
+    });
+    this.#iteration = prepared.iteration + 1;
+    return { iteration: prepared.iteration, skipped: false, reason: null, statistics: prepared.statistics, inverse: prepared.inverse, fallbacks };
   }
 
   #discardPending(): void {
@@ -700,7 +827,7 @@ export class NysAct {
    * A copy of one layer's native state (EMA, sketch, factors, momentum, counters) with its sizes.
    */
   layerState(name: string): LayerStateInfo {
-    this.#checkDisposed();
+    this.#checkUsable('layerState()');
     const rec = this.#layer(name);
     const state = callNative(() => rec.native.exportState(), `layerState(${JSON.stringify(name)})`);
     return { ...state, p: rec.geometry.p, r: rec.geometry.r, fullCovariance: rec.geometry.fullCovariance };
@@ -708,7 +835,7 @@ export class NysAct {
 
   /** Everything needed to resume bit-exactly (copies). Pending statistics are not included. */
   getState(): NysActState {
-    this.#checkDisposed();
+    this.#checkUsable('getState()');
     const layers: NysActState['layers'] = {};
     for (const rec of this.#layers.values()) {
       const state = callNative(() => rec.native.exportState(), `getState: layer ${JSON.stringify(rec.name)}`);
@@ -727,7 +854,7 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_STATE` naming the offending field.
    */
   setState(state: NysActState): void {
-    this.#checkDisposed();
+    this.#checkUsable('setState()');
     const checked = this.#validateState(state);
     const backups = new Map<string, LayerState>();
     for (const rec of this.#layers.values()) {
@@ -826,7 +953,7 @@ export class NysAct {
    * @throws {NysActError} `ERR_NYSACT_STATE` for malformed bytes or a state that does not fit.
    */
   deserializeState(bytes: Uint8Array): void {
-    this.#checkDisposed();
+    this.#checkUsable('deserializeState()');
     this.setState(decodeState(bytes));
   }
 
@@ -840,11 +967,44 @@ export class NysAct {
   }
 
   // -------------------------------------------------------------------------------------------
+  // Memory
+
+  /**
+   * A zeroed `Float32Array` of `length` elements in native host memory of this optimizer's backend
+   * (see {@link hostBuffer}: page-locked on CUDA, so the step's copies are asynchronous; 64-byte
+   * aligned on the CPU), freed by the garbage collector.
+   *
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a bad length.
+   * @throws {NysActError} `ERR_NYSACT_UNSUPPORTED` where the runtime forbids external ArrayBuffers.
+   */
+  hostBuffer(length: number): Float32Array {
+    this.#checkDisposed();
+    return hostBuffer(length, { backend: this.#backend });
+  }
+
+  /**
+   * A new {@link DeviceTensor} of `length` elements on this optimizer's backend (CUDA: device
+   * memory; CPU: aligned host memory).
+   *
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a bad length.
+   */
+  tensor(length: number): DeviceTensor {
+    this.#checkDisposed();
+    return new DeviceTensor(length, { backend: this.#backend });
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Lifetime
 
-  /** Frees all native layers. Idempotent; any other call afterwards throws `ERR_NYSACT_DISPOSED`. */
+  /**
+   * Frees all native layers. Idempotent; any other call afterwards throws `ERR_NYSACT_DISPOSED`.
+   *
+   * @throws {NysActError} `ERR_NYSACT_BUSY` while an asynchronous step is in flight (nothing is
+   *   freed then: await the step or {@link synchronize} first).
+   */
   dispose(): void {
     if (this.#disposed) return;
+    this.#checkUsable('dispose()');
     this.#disposed = true;
     for (const rec of this.#layers.values()) {
       try {
@@ -860,6 +1020,18 @@ export class NysAct {
   #checkDisposed(): void {
     if (this.#disposed) {
       throw new NysActError(ErrorCodes.DISPOSED, 'This NysAct optimizer has been disposed');
+    }
+  }
+
+  /** Not disposed, and no asynchronous step in flight (`method` names the caller in the error). */
+  #checkUsable(method: string): void {
+    this.#checkDisposed();
+    if (this.#inFlight !== null) {
+      throw new NysActError(
+        ErrorCodes.BUSY,
+        `Cannot call ${method} while an asynchronous step (stepAsync at iteration ${this.#iteration}) is in flight; ` +
+          `await its promise or synchronize() first`,
+      );
     }
   }
 }

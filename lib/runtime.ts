@@ -1,6 +1,7 @@
 /** Process-wide facts and knobs of the native addon. */
-import { callNative } from './errors.js';
+import { ErrorCodes, NysActError, callNative } from './errors.js';
 import { loadNative } from './loader.js';
+import type { NativeBinding } from './native.js';
 import { assertInteger } from './validate.js';
 
 /** One compute backend as reported by the native addon. */
@@ -19,7 +20,7 @@ export interface BackendInfo {
 export interface NativeInfo {
   /** Version string of the native addon. */
   version: string;
-  /** Native interface version (1). */
+  /** Native interface version (2). */
   interfaceVersion: number;
   /**
    * Compute backends and whether they work here. Asking loads and probes the CUDA backend library
@@ -57,9 +58,51 @@ export function setThreads(threads: number): void {
   callNative(() => native.setThreads(n), 'setThreads');
 }
 
-/** Live native layers and the bytes they own (for leak tests: compare before and after). */
-export function liveObjects(): { layers: number; bytes: number } {
+/** Counts of live native objects and the bytes they own (for leak tests: compare before and after). */
+export interface LiveObjects {
+  /** Native layers (one per registered layer of an undisposed optimizer). */
+  layers: number;
+  /** Bytes of their state. */
+  bytes: number;
+  /** Undisposed {@link DeviceTensor}s (collected ones are freed by their finalizer). */
+  tensors: number;
+  /** Bytes of their memory. */
+  tensorBytes: number;
+  /** Host buffers from `hostBuffer()` not yet collected. */
+  hostBuffers: number;
+  /** Bytes of their memory. */
+  hostBufferBytes: number;
+}
+
+/** Live native objects and the bytes they own (for leak tests: compare before and after). */
+export function liveObjects(): LiveObjects {
   const native = loadNative();
   const live = callNative(() => native.liveObjects());
-  return { layers: live.layers, bytes: live.bytes };
+  return {
+    layers: live.layers,
+    bytes: live.bytes,
+    tensors: live.tensors,
+    tensorBytes: live.tensorBytes,
+    hostBuffers: live.hostBuffers,
+    hostBufferBytes: live.hostBufferBytes,
+  };
+}
+
+/**
+ * The backend a request resolves to: `'cpu'` without asking about CUDA (so the CPU path never loads
+ * the CUDA library), `'cuda'` when it is usable, `'auto'` CUDA when usable, else the CPU.
+ *
+ * @throws {NysActError} `ERR_NYSACT_BACKEND_UNAVAILABLE` for `'cuda'` where it cannot be used.
+ */
+export function chooseBackend(native: NativeBinding, request: 'auto' | 'cpu' | 'cuda'): 'cpu' | 'cuda' {
+  if (request === 'cpu') return 'cpu';
+  const backends = callNative(() => native.backends());
+  const cuda = backends.find((b) => b.name === 'cuda');
+  if (cuda?.available) return 'cuda';
+  if (request === 'auto') return 'cpu';
+  const why =
+    cuda === undefined
+      ? 'this build has no CUDA backend yet'
+      : `the CUDA backend is not available on this machine${cuda.reason ? ` (${cuda.reason})` : ''}`;
+  throw new NysActError(ErrorCodes.BACKEND_UNAVAILABLE, `Cannot use backend 'cuda': ${why}; use 'cpu' or 'auto'`);
 }

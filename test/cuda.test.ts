@@ -7,8 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { NysAct, NysActError, nativeInfo } from '../dist/cjs/index.js';
-import { mulberry32, randomArray } from './helpers';
+import { DeviceTensor, NysAct, NysActError, hostBuffer, nativeInfo, tensor, type LayerUpdate, type StepArray } from '../dist/cjs/index.js';
+import { firstDifference, mulberry32, randomArray } from './helpers';
 
 const root = join(__dirname, '..');
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -101,6 +101,18 @@ t.test("backend 'cuda' where it cannot be used", { skip: cuda?.available ? 'a CU
   };
   t.throws(() => new native.Layer(spec, 'cuda'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE', message: /The CUDA backend is not available: / });
   t.throws(() => new native.Layer(spec, 'gpu'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE', message: /Backend 'gpu' does not exist/ });
+});
+
+t.test("tensors and host buffers on 'cuda' where it cannot be used", { skip: cuda?.available ? 'a CUDA device is available here' : false }, async (t) => {
+  t.throws(() => tensor(4, { backend: 'cuda' }), { name: 'NysActError', code: 'ERR_NYSACT_BACKEND_UNAVAILABLE', message: /use 'cpu' or 'auto'/ });
+  t.throws(() => hostBuffer(4, { backend: 'cuda' }), { name: 'NysActError', code: 'ERR_NYSACT_BACKEND_UNAVAILABLE' });
+  t.equal(tensor(4, { backend: 'auto' }).backend, 'cpu', "'auto' falls back to the CPU");
+  t.equal(tensor(4).backend, 'cpu', "the default is 'auto'");
+  // The raw binding says the same.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root) as { Tensor: new (n: number, b: string) => unknown; hostBuffer(n: number, b: string): unknown };
+  t.throws(() => new native.Tensor(4, 'cuda'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE' });
+  t.throws(() => native.hostBuffer(4, 'cuda'), { code: 'ERR_NYSACT_BACKEND_UNAVAILABLE' });
 });
 
 t.test("backend 'auto' chooses and reports", async (t) => {
@@ -219,4 +231,166 @@ t.test('CPU and CUDA optimizers agree, and state moves between them', { skip: gp
   run(resumed, pr, 10, 16);
   t.ok(worst(pc, pr) <= 1e-4, `resumed on CUDA from CPU state: within 1e-4 (${worst(pc, pr).toExponential(2)})`);
   for (const o of [cpu, gpu, resumed]) o.dispose();
+});
+
+// ---- asynchronous steps, device tensors and page-locked host buffers on CUDA ----------------------
+
+/** A CUDA (or CPU) optimizer with a conv, a dense layer with bias and a plain parameter. */
+function memoryOptimizer(backend: 'cpu' | 'cuda'): NysAct {
+  const opt = new NysAct({ backend, seed: 8, tcov: 2, tinv: 3, rank: 5, lr: 0.05 });
+  opt.addConv2d('conv', { kernelSize: 3, inChannels: 2, outChannels: 4, padding: 'same' });
+  opt.addDense('fc', { inFeatures: 20, outFeatures: 6 });
+  opt.addParam('gamma', { size: 4 });
+  return opt;
+}
+const MEMORY_SIZES: Record<string, [number, number]> = { conv: [72, 4], fc: [120, 6], gamma: [4, 0] };
+
+function memoryParams(): Record<string, { weight: Float32Array; bias?: Float32Array }> {
+  const r = mulberry32(77);
+  return Object.fromEntries(
+    Object.entries(MEMORY_SIZES).map(([k, [w, b]]) => [k, { weight: randomArray(r, w, 0.3), ...(b ? { bias: randomArray(r, b, 0.1) } : {}) }]),
+  );
+}
+
+function memoryGrads(i: number): Record<string, { grad: Float32Array; biasGrad?: Float32Array }> {
+  const r = mulberry32(4000 + i);
+  return Object.fromEntries(
+    Object.entries(MEMORY_SIZES).map(([k, [w, b]]) => [k, { grad: randomArray(r, w, 0.05), ...(b ? { biasGrad: randomArray(r, b, 0.05) } : {}) }]),
+  );
+}
+
+function memoryObserve(opt: NysAct, i: number): void {
+  if (!opt.needsActivations) return;
+  const r = mulberry32(5000 + i);
+  opt.observe('conv', randomArray(r, 2 * 6 * 6 * 2), [2, 6, 6, 2]);
+  opt.observe('fc', randomArray(r, 12 * 20), [12, 20]);
+}
+
+function hostUpdate(p: ReturnType<typeof memoryParams>, g: ReturnType<typeof memoryGrads>): Record<string, LayerUpdate<StepArray>> {
+  return Object.fromEntries(
+    Object.keys(MEMORY_SIZES).map((k) => [k, { weight: p[k].weight, grad: g[k].grad, ...(p[k].bias ? { bias: p[k].bias, biasGrad: g[k].biasGrad } : {}) }]),
+  );
+}
+
+t.test('CUDA: stepAsync gives the bits of step', { skip: gpuSkip }, async (t) => {
+  const a = memoryOptimizer('cuda');
+  const b = memoryOptimizer('cuda');
+  const pa = memoryParams();
+  const pb = memoryParams();
+  for (let i = 0; i < 12; i++) {
+    memoryObserve(a, i);
+    memoryObserve(b, i);
+    const g = memoryGrads(i);
+    const ra = a.step(hostUpdate(pa, g));
+    const promise = b.stepAsync(hostUpdate(pb, g));
+    t.throws(() => b.getState(), { code: 'ERR_NYSACT_BUSY' }, `step ${i}: busy while in flight`);
+    t.same(await promise, ra, `step ${i}: same result`);
+  }
+  t.equal(firstDifference(pa, pb), null, 'parameters bit-identical');
+  t.equal(firstDifference(a.getState(), b.getState()), null, 'state bit-identical');
+  a.dispose();
+  b.dispose();
+});
+
+t.test('CUDA: device tensors (round trip, fill, device-resident steps)', { skip: gpuSkip }, async (t) => {
+  const x = tensor(1000, { backend: 'cuda' });
+  t.equal(x.backend, 'cuda');
+  const values = randomArray(mulberry32(3), 1000);
+  t.equal(firstDifference(x.upload(values).download(), values), null, 'round trip bit for bit');
+  t.ok(x.fill(1.25).download().every((v) => v === 1.25), 'fill on the device');
+  x.upload(new Float32Array([7, 8]), 998);
+  t.same([...x.download().slice(996)], [1.25, 1.25, 7, 8], 'upload at an offset');
+  x.dispose();
+  t.throws(() => x.download(), { code: 'ERR_NYSACT_DISPOSED' });
+
+  // Weights resident on the device across steps, gradients uploaded (or left on the device): the
+  // same bits as the host-array path on CUDA, and within the parity bound of the CPU.
+  const hostRun = memoryOptimizer('cuda');
+  const deviceRun = memoryOptimizer('cuda');
+  const cpuRun = memoryOptimizer('cpu');
+  const ph = memoryParams();
+  const pc = memoryParams();
+  const init = memoryParams();
+  const dw: Record<string, { weight: DeviceTensor; bias?: DeviceTensor; grad: DeviceTensor; biasGrad?: DeviceTensor }> = {};
+  for (const [k, v] of Object.entries(init)) {
+    dw[k] = { weight: deviceRun.tensor(v.weight.length).upload(v.weight), grad: deviceRun.tensor(v.weight.length) };
+    if (v.bias) Object.assign(dw[k], { bias: deviceRun.tensor(v.bias.length).upload(v.bias), biasGrad: deviceRun.tensor(v.bias.length) });
+  }
+  for (let i = 0; i < 10; i++) {
+    for (const o of [hostRun, deviceRun, cpuRun]) memoryObserve(o, i);
+    const g = memoryGrads(i);
+    for (const [k, v] of Object.entries(g)) {
+      dw[k].grad.upload(v.grad);
+      if (v.biasGrad) dw[k].biasGrad!.upload(v.biasGrad);
+    }
+    const rh = hostRun.step(hostUpdate(ph, g));
+    const rd = i % 2 ? deviceRun.step(dw) : await deviceRun.stepAsync(dw);
+    cpuRun.step(hostUpdate(pc, g));
+    t.same(rd, rh, `step ${i}: same result`);
+  }
+  for (const k of Object.keys(MEMORY_SIZES)) {
+    t.equal(firstDifference(dw[k].weight.download(), ph[k].weight), null, `${k}: device-resident weights bit-identical to the host-array path`);
+    if (ph[k].bias) t.equal(firstDifference(dw[k].bias!.download(), ph[k].bias), null, `${k}: bias bit-identical`);
+    let scale = 0;
+    let diff = 0;
+    for (let j = 0; j < pc[k].weight.length; j++) {
+      scale = Math.max(scale, Math.abs(pc[k].weight[j]));
+      diff = Math.max(diff, Math.abs(pc[k].weight[j] - ph[k].weight[j]));
+    }
+    t.ok(diff / scale <= 1e-4, `${k}: CUDA within 1e-4 relative of the CPU (${(diff / scale).toExponential(2)})`);
+  }
+  // Backends must match.
+  const cpuTensor = tensor(120, { backend: 'cpu' });
+  const g0 = memoryGrads(0);
+  t.throws(
+    () => hostRun.step({ ...hostUpdate(ph, g0), fc: { weight: ph.fc.weight, grad: cpuTensor, bias: ph.fc.bias, biasGrad: g0.fc.biasGrad } }),
+    { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /backend \('cuda'\) for grads\.fc\.grad/ },
+  );
+  t.throws(
+    () => cpuRun.step({ ...hostUpdate(pc, g0), fc: { weight: pc.fc.weight, grad: dw.fc.grad, bias: pc.fc.bias, biasGrad: g0.fc.biasGrad } }),
+    { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /backend \('cpu'\) for grads\.fc\.grad/ },
+  );
+  cpuTensor.dispose();
+  for (const v of Object.values(dw)) for (const d of Object.values(v)) (d as DeviceTensor).dispose();
+  for (const o of [hostRun, deviceRun, cpuRun]) o.dispose();
+});
+
+t.test('CUDA: page-locked host buffers', { skip: gpuSkip }, async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root) as { byteAlignment(x: Float32Array): number };
+  const b = hostBuffer(1000, { backend: 'cuda' });
+  t.equal(b.length, 1000);
+  t.ok(b.every((v) => v === 0), 'zeroed');
+  t.ok(native.byteAlignment(b) >= 64, `aligned (${native.byteAlignment(b)})`);
+  const a = memoryOptimizer('cuda');
+  const c = memoryOptimizer('cuda');
+  const pa = memoryParams();
+  const pinned: Record<string, LayerUpdate<StepArray>> = {};
+  for (const [k, v] of Object.entries(memoryParams())) {
+    const weight = c.hostBuffer(v.weight.length);
+    weight.set(v.weight);
+    pinned[k] = { weight, grad: c.hostBuffer(v.weight.length) };
+    if (v.bias) {
+      const bias = c.hostBuffer(v.bias.length);
+      bias.set(v.bias);
+      Object.assign(pinned[k], { bias, biasGrad: c.hostBuffer(v.bias.length) });
+    }
+  }
+  for (let i = 0; i < 8; i++) {
+    memoryObserve(a, i);
+    memoryObserve(c, i);
+    const g = memoryGrads(i);
+    for (const [k, v] of Object.entries(g)) {
+      (pinned[k].grad as Float32Array).set(v.grad);
+      if (v.biasGrad) (pinned[k].biasGrad as Float32Array).set(v.biasGrad);
+    }
+    a.step(hostUpdate(pa, g));
+    if (i % 2) c.step(pinned);
+    else await c.stepAsync(pinned);
+  }
+  for (const k of Object.keys(MEMORY_SIZES)) {
+    t.equal(firstDifference(pinned[k].weight, pa[k].weight), null, `${k}: pinned-buffer steps bit-identical to pageable arrays`);
+  }
+  a.dispose();
+  c.dispose();
 });

@@ -15,8 +15,9 @@ interface FuzzStats {
   codes: Record<string, number>;
   violationCount: number;
   violations: Record<string, number>;
-  liveBefore: { layers: number; bytes: number };
-  liveAfter: { layers: number; bytes: number };
+  liveBefore: { layers: number; bytes: number; tensors: number; tensorBytes: number };
+  liveAfter: { layers: number; bytes: number; tensors: number; tensorBytes: number };
+  async: { resolved: number; rejected: number; rejectedWithoutCode: number };
   threadsUnchanged: boolean;
 }
 
@@ -49,7 +50,11 @@ for (const [calls, seed] of [
     t.ok(stats.calls >= 2000, `at least 2000 calls (${stats.calls})`);
     t.ok(stats.threw > stats.calls / 3, 'most calls were rejected');
     t.equal(stats.violationCount, 0, `every throw was an Error with a string code: ${JSON.stringify(stats.violations, null, 2)}`);
-    t.same(stats.liveAfter, { layers: 0, bytes: 0 }, 'all native layers freed');
+    const { layers, bytes, tensors, tensorBytes } = stats.liveAfter;
+    t.same({ layers, bytes, tensors, tensorBytes }, { layers: 0, bytes: 0, tensors: 0, tensorBytes: 0 }, 'all native layers and tensors freed');
+    t.comment(`asynchronous steps: ${JSON.stringify(stats.async)}`);
+    t.ok(stats.async.resolved > 0 && stats.async.rejected > 0, 'asynchronous steps both resolved and rejected');
+    t.equal(stats.async.rejectedWithoutCode, 0, 'every rejection carried a string code');
     t.ok(stats.threadsUnchanged, 'thread count unchanged by rejected setThreads calls');
   });
 }

@@ -350,16 +350,142 @@ const categories = [
     const entry = anyLayer();
     attempt('valid op', () => validOperation(entry));
   },
+  // tensors: construction, methods with bad arguments, after dispose, wrong `this`
+  () => {
+    const args = chance(0.6) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']);
+    attempt('new Tensor', () => tensors.push(new native.Tensor(...args)));
+    attempt('Tensor() without new', () => native.Tensor(4, 'cpu'));
+  },
+  () => {
+    const t = anyTensor();
+    const method = pick(TENSOR_METHODS);
+    const args = chance(0.3) ? validTensorArgs(method, t) : mutateArgs(validTensorArgs(method, t));
+    attempt(`tensor.${method}`, () => t[method](...args));
+    const self = pick([{}, null, undefined, native, new Float32Array(4), Object.create(native.Tensor.prototype), pick(live).layer]);
+    attempt(`tensor.${method}.call(wrong this)`, () => native.Tensor.prototype[method].call(self, ...validTensorArgs(method, t)));
+  },
+  // step plans, synchronous and asynchronous, valid and mutated
+  () => {
+    const plan = chance(0.3) ? validPlan() : mutatePlan(validPlan());
+    attempt('stepPlan', () => native.stepPlan(plan));
+  },
+  () => {
+    const plan = chance(0.5) ? validPlan() : mutatePlan(validPlan());
+    attempt('stepPlanAsync', () => {
+      const promise = native.stepPlanAsync(plan);
+      pending.push(promise.then(() => { asyncStats.resolved++; }, (error) => {
+        asyncStats.rejected++;
+        const ok = error instanceof Error && typeof error.code === 'string' && error.code.length > 0;
+        if (!ok) asyncStats.rejectedWithoutCode++;
+      }));
+    });
+  },
+  () => {
+    attempt('hostBuffer', () => native.hostBuffer(...(chance(0.3) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']))));
+    attempt('byteAlignment', () => native.byteAlignment(...mutateArgs([randomFloats(int(9))])));
+    attempt('allFinite(tensor)', () => native.allFinite(chance(0.8) ? anyTensor() : Object.create(native.Tensor.prototype)));
+  },
 ];
+
+// ---- tensors and step plans ----
+
+const TENSOR_METHODS = ['upload', 'download', 'fill', 'dispose', 'isDisposed', 'length', 'backend'];
+const tensors = [];
+const pending = [];
+const asyncStats = { resolved: 0, rejected: 0, rejectedWithoutCode: 0 };
+
+function anyTensor() {
+  if (tensors.length === 0 || chance(0.2)) tensors.push(new native.Tensor(1 + int(40), 'cpu'));
+  return pick(tensors);
+}
+
+function validTensorArgs(method, t) {
+  let n = 8;
+  try { n = t.length(); } catch { /* disposed or wrong this */ }
+  switch (method) {
+    case 'upload': return [randomFloats(int(n + 1)), 0];
+    case 'download': return [new Float32Array(n), 0];
+    case 'fill': return [random()];
+    default: return [];
+  }
+}
+
+// An operand of the right length: a Float32Array or (sometimes) a CPU tensor.
+function operand(n) {
+  if (chance(0.7)) return randomFloats(n);
+  const t = new native.Tensor(n, 'cpu');
+  t.fill(0.01);
+  tensors.push(t);
+  return t;
+}
+
+function validPlan() {
+  const count = 1 + int(3);
+  const entries = [];
+  const used = new Set();
+  for (let i = 0; i < count; i++) {
+    const entry = anyLayer();
+    if (used.has(entry)) continue;
+    used.add(entry);
+    entries.push(entry);
+  }
+  const geometries = entries.map((e) => geometry(e.spec));
+  return {
+    layers: entries.map((e) => e.layer),
+    weights: geometries.map((g) => operand(g.weight)),
+    biases: geometries.map((g) => (g.bias ? operand(g.bias) : null)),
+    grads: geometries.map((g) => operand(g.weight)),
+    biasGrads: geometries.map((g) => (g.bias ? operand(g.bias) : null)),
+    statistics: chance(0.2),
+    inverse: chance(0.3),
+    statDecay: 0.95,
+    damping: 1,
+    variant: int(2),
+    scalars: new Float64Array([0.01, 0.9, 1e-4, int(2), int(2)]),
+  };
+}
+
+function mutatePlan(plan) {
+  if (chance(0.1)) return badValue();
+  const out = { ...plan };
+  const keys = Object.keys(out);
+  for (let k = 0, n = 1 + int(2); k < n; k++) {
+    const key = pick(keys);
+    if (Array.isArray(out[key]) && out[key].length > 0 && chance(0.7)) {
+      out[key] = out[key].slice();
+      out[key][int(out[key].length)] = pick([
+        badValue(), pick(tensors) ?? null, pick(live).layer, randomFloats(int(30)),
+        // objects that merely inherit the native prototypes (no native object behind them)
+        Object.create(native.Layer.prototype), Object.create(native.Tensor.prototype),
+      ]);
+    } else if (chance(0.2)) {
+      delete out[key];
+    } else {
+      out[key] = badValue();
+    }
+  }
+  return out;
+}
 
 const threadsBefore = native.threads();
 const before = native.liveObjects();
-while (stats.calls < totalCalls) pick(categories)();
-for (const { layer } of live) {
-  try { layer.dispose(); } catch { /* counted above if it mattered */ }
-}
-const after = native.liveObjects();
-stats.liveBefore = before;
-stats.liveAfter = after;
-stats.threadsUnchanged = native.threads() === threadsBefore;
-process.stdout.write(`${JSON.stringify(stats)}\n`);
+(async () => {
+  while (stats.calls < totalCalls) {
+    pick(categories)();
+    // Let asynchronous steps settle now and then, so later calls meet layers both busy and idle.
+    if (chance(0.02)) await new Promise((resolve) => setImmediate(resolve));
+  }
+  await Promise.all(pending);
+  for (const { layer } of live) {
+    try { layer.dispose(); } catch { /* counted above if it mattered */ }
+  }
+  for (const t of tensors) {
+    try { t.dispose(); } catch { /* wrong kinds were pushed only by valid constructors */ }
+  }
+  const after = native.liveObjects();
+  stats.liveBefore = before;
+  stats.liveAfter = after;
+  stats.async = asyncStats;
+  stats.threadsUnchanged = native.threads() === threadsBefore;
+  process.stdout.write(`${JSON.stringify(stats)}\n`);
+})();

@@ -2,6 +2,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <sstream>
@@ -138,15 +139,19 @@ class CpuLayer final : public Layer {
     return result.report;
   }
 
-  void preconditionedMomentumStep(float* weight, float* bias, const float* gradWeight, const float* gradBias,
-                                  const StepScalars& s) override {
+  void preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) override {
+    // Host and "pinned" host memory are the same thing here; the CPU backend has no device memory.
+    if (!isHostMemory(o.weightMemory) || !isHostMemory(o.gradWeightMemory) || !isHostMemory(o.biasMemory) ||
+        !isHostMemory(o.gradBiasMemory)) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "The CPU backend cannot read device memory (a CUDA tensor)");
+    }
     if (spec_.kind == LayerKind::Plain) {
-      cpu::momentumStep(spec_.size, weight, gradWeight, momentum_.data(), s);
+      cpu::momentumStep(spec_.size, o.weight, o.gradWeight, momentum_.data(), s);
       return;
     }
     if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
-    cpu::preconditionedMomentumStep(spec_, basis_.data(), coefficients_.data(), k_, inverseDamping_, weight, bias,
-                                    gradWeight, gradBias, momentum_.data(),
+    cpu::preconditionedMomentumStep(spec_, basis_.data(), coefficients_.data(), k_, inverseDamping_, o.weight, o.bias,
+                                    o.gradWeight, o.gradBias, momentum_.data(),
                                     spec_.bias ? biasMomentum_.data() : nullptr, s);
   }
 
@@ -276,7 +281,39 @@ class CpuBackend final : public Backend {
   }
   const char* name() const override { return "cpu"; }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override { return std::make_unique<CpuLayer>(spec); }
-  bool allFinite(const float* x, size_t n) const override { return cpu::allFinite(x, static_cast<int64_t>(n)); }
+  bool allFinite(const float* x, size_t n, MemoryKind kind) const override {
+    requireHost(kind);
+    return cpu::allFinite(x, static_cast<int64_t>(n));
+  }
+  void synchronize() override {}
+
+  // Caller memory is 64-byte aligned host memory (a cache line, and Eigen's widest packet) for
+  // every host kind: page-locking means nothing without a device.
+  void* allocate(MemoryKind kind, size_t bytes) override {
+    requireHost(kind);
+    if (bytes == 0) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "Cannot allocate 0 bytes");
+    const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    if (rounded < bytes) throw Error("ERR_NYSACT_NATIVE", "Out of host memory");
+    void* memory = std::aligned_alloc(kAlignment, rounded);
+    if (memory == nullptr) throw Error("ERR_NYSACT_NATIVE", "Out of host memory allocating an aligned buffer");
+    return memory;
+  }
+  void release(MemoryKind, void* memory) noexcept override { std::free(memory); }
+  void copy(void* dst, MemoryKind dstKind, const void* src, MemoryKind srcKind, size_t bytes) override {
+    requireHost(dstKind);
+    requireHost(srcKind);
+    if (bytes > 0) std::memmove(dst, src, bytes);
+  }
+  void fill(float* dst, MemoryKind kind, float value, size_t count) override {
+    requireHost(kind);
+    std::fill(dst, dst + count, value);
+  }
+
+ private:
+  static constexpr size_t kAlignment = 64;
+  static void requireHost(MemoryKind kind) {
+    if (!isHostMemory(kind)) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "The CPU backend has no device memory");
+  }
 };
 
 }  // namespace

@@ -3,14 +3,20 @@
 // JS error with a stable `code`.  Typed arrays are read and written in place, never copied.
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "../backend.h"
 #include "../cuda_loader.h"
@@ -23,8 +29,14 @@ namespace {
 
 constexpr const char* kInvalid = "ERR_NYSACT_INVALID_ARGUMENT";
 
+constexpr const char* kBusy = "ERR_NYSACT_BUSY";
+
 std::atomic<int64_t> gLiveLayers{0};
 std::atomic<int64_t> gLiveBytes{0};
+std::atomic<int64_t> gLiveTensors{0};
+std::atomic<int64_t> gLiveTensorBytes{0};
+std::atomic<int64_t> gLiveHostBuffers{0};
+std::atomic<int64_t> gLiveHostBufferBytes{0};
 
 Napi::Error withCode(Napi::Error error, const std::string& code) {
   error.Set("code", Napi::String::New(error.Env(), code));
@@ -35,6 +47,38 @@ Napi::Error withCode(Napi::Error error, const std::string& code) {
 }
 [[noreturn]] void throwRange(Napi::Env env, const std::string& message) {
   throw withCode(Napi::RangeError::New(env, message), kInvalid);
+}
+[[noreturn]] void throwBusy(Napi::Env env, const std::string& message) {
+  throw withCode(Napi::Error::New(env, message), kBusy);
+}
+[[noreturn]] void throwDisposed(Napi::Env env, const std::string& message) {
+  throw withCode(Napi::Error::New(env, message), "ERR_NYSACT_DISPOSED");
+}
+
+// Type tags of constructed native objects: a cheap, exact check that a JS value is a live LayerWrap
+// or TensorWrap (an object merely inheriting their prototype has no tag, and nothing else does).
+constexpr napi_type_tag kLayerTag = {0x6e79736163744c61ULL, 0x7965725772617031ULL};
+constexpr napi_type_tag kTensorTag = {0x6e79736163745465ULL, 0x6e736f7257726170ULL};
+
+bool hasTypeTag(const Napi::Value& v, const napi_type_tag& tag) {
+  if (!v.IsObject()) return false;
+  bool tagged = false;
+  return napi_check_object_type_tag(v.Env(), v, &tag, &tagged) == napi_ok && tagged;
+}
+
+void setTypeTag(const Napi::CallbackInfo& info, const napi_type_tag& tag) {
+  if (napi_type_tag_object(info.Env(), info.This(), &tag) != napi_ok) {
+    throw withCode(Napi::Error::New(info.Env(), "Could not tag a native object"), "ERR_NYSACT_NATIVE");
+  }
+}
+
+// The backend of a name ('cpu' or 'cuda'; loading the CUDA library on first use).
+Backend& backendNamed(Napi::Env env, const std::string& name) {
+  if (name == "cpu") return cpuBackend();
+  // Throws ERR_NYSACT_BACKEND_UNAVAILABLE with the reason when it cannot be used.
+  if (name == "cuda") return cudaBackend();
+  throw withCode(Napi::Error::New(env, "Backend '" + name + "' does not exist (expected 'cpu' or 'cuda')"),
+                 "ERR_NYSACT_BACKEND_UNAVAILABLE");
 }
 
 // Runs f, turning backend exceptions (nysact::Error, std::bad_alloc, others) into coded JS errors;
@@ -126,6 +170,23 @@ ArrayView<T> typedArg(const Napi::Value& v, const char* name, napi_typedarray_ty
 
 ArrayView<float> floatArg(const Napi::Value& v, const char* name) {
   return typedArg<float>(v, name, napi_float32_array, "Float32Array");
+}
+
+// Page-locked host buffers handed to JS (hostBuffer on the CUDA backend), by start address: a
+// Float32Array lying inside one is passed to the CUDA backend as MemoryKind::PinnedHost.  Process
+// wide, as the allocations are.
+std::mutex gPinnedMutex;
+std::map<uintptr_t, size_t> gPinned;
+
+MemoryKind hostMemoryKind(const float* data, size_t length) {
+  if (data == nullptr) return MemoryKind::Host;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t end = begin + length * sizeof(float);
+  std::lock_guard<std::mutex> lock(gPinnedMutex);
+  auto it = gPinned.upper_bound(begin);
+  if (it == gPinned.begin()) return MemoryKind::Host;
+  --it;
+  return end <= it->first + it->second ? MemoryKind::PinnedHost : MemoryKind::Host;
 }
 
 void requireLength(Napi::Env env, const char* name, size_t actual, int64_t expected) {
@@ -242,9 +303,24 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
   }
 
   Layer& layer(Napi::Env env) {
-    if (!layer_) throw withCode(Napi::Error::New(env, "This NysAct layer has been disposed"), "ERR_NYSACT_DISPOSED");
+    if (!layer_) throwDisposed(env, "This NysAct layer has been disposed");
+    if (busy_) throwBusy(env, "This NysAct layer is in use by an asynchronous step: wait for its promise");
     return *layer_;
   }
+
+ public:
+  // For step plans (main thread only): the layer if usable now, its backend, the in-use mark that
+  // an asynchronous step holds until it settles.
+  Layer& planLayer(Napi::Env env) { return layer(env); }
+  Backend& backend() const { return *backend_; }
+  void setBusy(bool busy) { busy_ = busy; }
+  void updateBytes() {
+    const int64_t now = layer_ ? static_cast<int64_t>(layer_->stateBytes()) : 0;
+    gLiveBytes += now - bytes_;
+    bytes_ = now;
+  }
+
+ private:
 
   // Null/undefined → Philox; Float32Array (gaussian) or Int32Array (subcolumns) → caller's sketch.
   SketchInput sketchArg(const Napi::Value& v, std::vector<int32_t>& checkedIndices) {
@@ -273,12 +349,6 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
       in.indices = checkedIndices.data();
     }
     return in;
-  }
-
-  void updateBytes() {
-    const int64_t now = layer_ ? static_cast<int64_t>(layer_->stateBytes()) : 0;
-    gLiveBytes += now - bytes_;
-    bytes_ = now;
   }
 
   Napi::Value SketchDense(const Napi::CallbackInfo& info) {
@@ -395,7 +465,8 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
     if (st.lr < 0.0 || st.momentum < 0.0 || st.momentum >= 1.0 || st.weightDecay < 0.0) {
       throwRange(env, "scalars out of range: need lr >= 0, momentum in [0, 1), weightDecay >= 0");
     }
-    l.preconditionedMomentumStep(weight.data, bias.data, grad.data, gradBias.data, st);
+    l.preconditionedMomentumStep(hostOperands(weight.data, bias.data, grad.data, gradBias.data), st);
+    backend_->synchronize();
     return env.Undefined();
   }
   Napi::Value Export(const Napi::CallbackInfo& info) {
@@ -447,18 +518,33 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
   Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !layer_); }
 
   std::unique_ptr<Layer> layer_;
+  Backend* backend_ = nullptr;
+  bool busy_ = false;  // held by an asynchronous step (main-thread flag)
   int64_t bytes_ = 0;
   InstanceData* instance_ = nullptr;
 };
 
 // Per-environment data (main thread or worker): the live layers, so that the cleanup hook frees
 // native memory when the environment exits.
+class TensorWrap;
+
 struct InstanceData {
   std::set<LayerWrap*> live;
+  std::set<TensorWrap*> tensors;
+  // Asynchronous steps running on a pool thread.  The cleanup hook sets tearingDown and waits until
+  // none runs; a step that starts afterwards does nothing.  So no native layer or tensor is freed
+  // while a pool thread uses it.
+  std::mutex executionMutex;
+  std::condition_variable executionDone;
+  int executing = 0;
+  bool tearingDown = false;
 };
 
 LayerWrap::LayerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LayerWrap>(info) {
-  translateErrors(info.Env(), [&] { Construct(info); });
+  translateErrors(info.Env(), [&] {
+    Construct(info);
+    setTypeTag(info, kLayerTag);
+  });
 }
 
 void LayerWrap::Construct(const Napi::CallbackInfo& info) {
@@ -466,17 +552,9 @@ void LayerWrap::Construct(const Napi::CallbackInfo& info) {
   const LayerSpec spec = parseSpec(argument(info, 0));
   const Napi::Value backend = argument(info, 1);
   if (!backend.IsString()) throwType(env, "Expected a string for backend but received " + describe(backend));
-  const std::string name = backend.As<Napi::String>().Utf8Value();
-  if (name == "cpu") {
-    layer_ = cpuBackend().createLayer(spec);
-  } else if (name == "cuda") {
-    // Loads nysact_cuda.so on first use (binding/cuda_loader.h); throws ERR_NYSACT_BACKEND_UNAVAILABLE
-    // with the reason when it cannot be used.
-    layer_ = cudaBackend().createLayer(spec);
-  } else {
-    throw withCode(Napi::Error::New(env, "Backend '" + name + "' does not exist (expected 'cpu' or 'cuda')"),
-                   "ERR_NYSACT_BACKEND_UNAVAILABLE");
-  }
+  // Loads nysact_cuda.so on first use of 'cuda' (binding/cuda_loader.h).
+  backend_ = &backendNamed(env, backend.As<Napi::String>().Utf8Value());
+  layer_ = backend_->createLayer(spec);
   gLiveLayers += 1;
   updateBytes();
   instance_ = env.GetInstanceData<InstanceData>();
@@ -492,13 +570,540 @@ void LayerWrap::Release() {
 }
 
 Napi::Value LayerWrap::Dispose(const Napi::CallbackInfo& info) {
+  if (busy_) throwBusy(info.Env(), "Cannot dispose a NysAct layer in use by an asynchronous step: wait for its promise");
   Release();
   return info.Env().Undefined();
 }
 
-Napi::Value AllFinite(const Napi::CallbackInfo& info) {
+// A backend-owned array of floats (JS DeviceTensor): device memory on CUDA, 64-byte aligned host
+// memory on the CPU.  Read and written only through its methods (synchronous copies), or used in
+// place as a step operand.
+class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeTensor",
+                       {
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Upload>>("upload"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Download>>("download"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Fill>>("fill"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Dispose>>("dispose"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Disposed>>("isDisposed"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::Length>>("length"),
+                           InstanceMethod<&TensorWrap::Call<&TensorWrap::BackendName>>("backend"),
+                       });
+  }
+
+  TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
+    translateErrors(info.Env(), [&] {
+      Construct(info);
+      setTypeTag(info, kTensorTag);
+    });
+  }
+  ~TensorWrap() override { Release(); }
+
+  // Frees the memory; idempotent (dispose(), the finalizer, the env cleanup hook).
+  void Release() {
+    if (data_ == nullptr) return;
+    backend_->release(kind_, data_);
+    data_ = nullptr;
+    gLiveTensors -= 1;
+    gLiveTensorBytes -= static_cast<int64_t>(length_ * sizeof(float));
+    if (instance_ != nullptr) instance_->tensors.erase(this);
+  }
+
+  // For step plans: the memory if usable now.
+  float* planData(Napi::Env env, const std::string& name) {
+    if (data_ == nullptr) throwDisposed(env, name + " is a disposed tensor");
+    if (inUse_ > 0) throwBusy(env, name + " is in use by an asynchronous step");
+    return data_;
+  }
+  Backend& backend() const { return *backend_; }
+  MemoryKind kind() const { return kind_; }
+  size_t length() const { return length_; }
+  void acquire() { inUse_ += 1; }
+  void releaseUse() { inUse_ -= 1; }
+
+ private:
+  template <Napi::Value (TensorWrap::*Method)(const Napi::CallbackInfo&)>
+  Napi::Value Call(const Napi::CallbackInfo& info) {
+    return translateErrors(info.Env(), [&] { return (this->*Method)(info); });
+  }
+
+  void Construct(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const int64_t length = integerArg(argument(info, 0), "length", 1, (int64_t{1} << 32) - 1);
+    const Napi::Value name = argument(info, 1);
+    if (!name.IsString()) throwType(env, "Expected a string for backend but received " + describe(name));
+    backendName_ = name.As<Napi::String>().Utf8Value();
+    backend_ = &backendNamed(env, backendName_);
+    kind_ = backendName_ == "cuda" ? MemoryKind::Device : MemoryKind::Host;
+    length_ = static_cast<size_t>(length);
+    data_ = static_cast<float*>(backend_->allocate(kind_, length_ * sizeof(float)));
+    gLiveTensors += 1;
+    gLiveTensorBytes += static_cast<int64_t>(length_ * sizeof(float));
+    instance_ = env.GetInstanceData<InstanceData>();
+    if (instance_ != nullptr) instance_->tensors.insert(this);
+  }
+
+  float* usable(Napi::Env env) {
+    if (data_ == nullptr) throwDisposed(env, "This tensor has been disposed");
+    if (inUse_ > 0) throwBusy(env, "This tensor is in use by an asynchronous step: wait for its promise");
+    return data_;
+  }
+
+  // [offset, offset + count) must lie in the tensor.
+  size_t rangeArg(const Napi::Value& v, size_t count, const char* what) {
+    const int64_t offset = integerArg(v, "offset", 0, static_cast<int64_t>(length_));
+    if (static_cast<size_t>(offset) + count > length_) {
+      std::ostringstream s;
+      s << what << " of " << count << " elements at offset " << offset << " does not fit a tensor of length " << length_;
+      throwRange(v.Env(), s.str());
+    }
+    return static_cast<size_t>(offset);
+  }
+
+  Napi::Value Upload(const Napi::CallbackInfo& info) {
+    float* data = usable(info.Env());
+    auto src = floatArg(argument(info, 0), "src");
+    const size_t offset = rangeArg(argument(info, 1), src.length, "src");
+    backend_->copy(data + offset, kind_, src.data, hostMemoryKind(src.data, src.length), src.length * sizeof(float));
+    return info.Env().Undefined();
+  }
+  Napi::Value Download(const Napi::CallbackInfo& info) {
+    float* data = usable(info.Env());
+    auto dst = floatArg(argument(info, 0), "dst");
+    const size_t offset = rangeArg(argument(info, 1), dst.length, "dst");
+    backend_->copy(dst.data, hostMemoryKind(dst.data, dst.length), data + offset, kind_, dst.length * sizeof(float));
+    return info.Env().Undefined();
+  }
+  Napi::Value Fill(const Napi::CallbackInfo& info) {
+    float* data = usable(info.Env());
+    const Napi::Value v = argument(info, 0);
+    if (!v.IsNumber()) throwType(info.Env(), "Expected a number for value but received " + describe(v));
+    backend_->fill(data, kind_, static_cast<float>(v.As<Napi::Number>().DoubleValue()), length_);
+    return info.Env().Undefined();
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    if (inUse_ > 0) throwBusy(info.Env(), "Cannot dispose a tensor in use by an asynchronous step: wait for its promise");
+    Release();
+    return info.Env().Undefined();
+  }
+  Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), data_ == nullptr); }
+  Napi::Value Length(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(length_)); }
+  Napi::Value BackendName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), backendName_); }
+
+  Backend* backend_ = nullptr;
+  std::string backendName_;
+  MemoryKind kind_ = MemoryKind::Host;
+  float* data_ = nullptr;
+  size_t length_ = 0;
+  int inUse_ = 0;  // asynchronous steps holding it (main-thread counter)
+  InstanceData* instance_ = nullptr;
+};
+
+// ---- host buffers ---------------------------------------------------------------------------------
+
+struct HostBuffer {
+  Backend* backend;
+  MemoryKind kind;
+  size_t bytes;
+};
+
+void finalizeHostBuffer(napi_env, void* data, void* hint) {
+  auto* buffer = static_cast<HostBuffer*>(hint);
+  if (buffer->kind == MemoryKind::PinnedHost) {
+    std::lock_guard<std::mutex> lock(gPinnedMutex);
+    gPinned.erase(reinterpret_cast<uintptr_t>(data));
+  }
+  buffer->backend->release(buffer->kind, data);
+  gLiveHostBuffers -= 1;
+  gLiveHostBufferBytes -= static_cast<int64_t>(buffer->bytes);
+  delete buffer;
+}
+
+// hostBuffer(length, backend): a Float32Array over an external ArrayBuffer of backend memory,
+// freed by the ArrayBuffer's finalizer.  CPU: 64-byte aligned; CUDA: page-locked (cudaHostAlloc).
+Napi::Value HostBufferFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t length = integerArg(argument(info, 0), "length", 1, (int64_t{1} << 32) - 1);
+  const Napi::Value name = argument(info, 1);
+  if (!name.IsString()) throwType(env, "Expected a string for backend but received " + describe(name));
+  const std::string backendName = name.As<Napi::String>().Utf8Value();
+  Backend& backend = backendNamed(env, backendName);
+  const MemoryKind kind = backendName == "cuda" ? MemoryKind::PinnedHost : MemoryKind::Host;
+  const size_t bytes = static_cast<size_t>(length) * sizeof(float);
+  void* memory = backend.allocate(kind, bytes);
+  auto* hint = new (std::nothrow) HostBuffer{&backend, kind, bytes};
+  if (hint == nullptr) {
+    backend.release(kind, memory);
+    throw std::bad_alloc();
+  }
+  napi_value arrayBuffer = nullptr;
+  // NYSACT_TEST_NO_EXTERNAL_BUFFERS=1 behaves as a runtime that forbids external buffers (tests).
+  const char* forbid = std::getenv("NYSACT_TEST_NO_EXTERNAL_BUFFERS");
+  const napi_status status = forbid != nullptr && std::strcmp(forbid, "1") == 0
+                                 ? napi_no_external_buffers_allowed
+                                 : napi_create_external_arraybuffer(env, memory, bytes, finalizeHostBuffer, hint, &arrayBuffer);
+  if (status != napi_ok) {
+    backend.release(kind, memory);
+    delete hint;
+    if (status == napi_no_external_buffers_allowed) {
+      throw withCode(Napi::Error::New(env, "This JavaScript runtime does not allow external ArrayBuffers (napi_no_external_buffers_allowed, "
+                                           "e.g. Electron's memory cage), so native host buffers cannot be handed out; use an ordinary "
+                                           "Float32Array instead: step() reads it in place, without a copy"),
+                     "ERR_NYSACT_UNSUPPORTED");
+    }
+    throw withCode(Napi::Error::New(env, "Could not create an external ArrayBuffer (napi status " + std::to_string(status) + ")"),
+                   "ERR_NYSACT_NATIVE");
+  }
+  gLiveHostBuffers += 1;
+  gLiveHostBufferBytes += static_cast<int64_t>(bytes);
+  if (kind == MemoryKind::PinnedHost) {
+    std::lock_guard<std::mutex> lock(gPinnedMutex);
+    gPinned[reinterpret_cast<uintptr_t>(memory)] = bytes;
+  }
+  return Napi::Float32Array::New(env, static_cast<size_t>(length), Napi::ArrayBuffer(env, arrayBuffer), 0);
+}
+
+// The largest power of two (at most 4096) dividing the address of x's first element (tests).
+Napi::Value ByteAlignment(const Napi::CallbackInfo& info) {
   auto x = floatArg(argument(info, 0), "x");
-  return Napi::Boolean::New(info.Env(), cpuBackend().allFinite(x.data, x.length));
+  const uintptr_t address = reinterpret_cast<uintptr_t>(x.data);
+  uintptr_t alignment = 1;
+  while (alignment < 4096 && address != 0 && address % (alignment * 2) == 0) alignment *= 2;
+  if (address == 0) alignment = 4096;
+  return Napi::Number::New(info.Env(), static_cast<double>(alignment));
+}
+
+// ---- step plans -----------------------------------------------------------------------------------
+
+// One optimizer step over many layers (SPEC §1): commit statistics, rebuild factors, fused update,
+// for every layer in order, then one synchronisation per backend.  Parsed and checked on the main
+// thread; run there (stepPlan) or on a pool thread (stepPlanAsync).
+struct PlanEntry {
+  LayerWrap* wrap = nullptr;
+  Layer* layer = nullptr;
+  StepOperands operands;
+  bool commit = false, factors = false;
+};
+
+struct StepPlan {
+  std::vector<PlanEntry> entries;
+  std::vector<Backend*> backends;  // distinct, in first-use order
+  std::vector<TensorWrap*> tensors;  // distinct
+  std::vector<Napi::Value> held;     // the JS objects the plan points into
+  double statDecay = 0.0, damping = 1.0;
+  NystromVariant variant = NystromVariant::Reference;
+  StepScalars scalars;
+};
+
+struct PlanOutcome {
+  std::vector<FactorReport> reports;  // per entry; meaningful where entries[i].factors
+  std::string code, message;
+  int64_t failedEntry = -1;  // the entry that threw; -1: none, or the final synchronisation
+  bool failed = false;
+};
+
+Napi::Array arrayField(const Napi::Object& o, const char* field) {
+  const Napi::Value v = o.Get(field);
+  if (!v.IsArray()) throwType(o.Env(), std::string("Expected an Array for plan.") + field + " but received " + describe(v));
+  return v.As<Napi::Array>();
+}
+
+StepScalars parseScalars(const Napi::Value& v) {
+  Napi::Env env = v.Env();
+  auto scalars = typedArg<double>(v, "scalars", napi_float64_array, "Float64Array");
+  requireLength(env, "scalars", scalars.length, 5);
+  for (size_t i = 0; i < 5; ++i)
+    if (!std::isfinite(scalars.data[i])) throwRange(env, "scalars must be finite");
+  StepScalars st;
+  st.lr = scalars.data[0];
+  st.momentum = scalars.data[1];
+  st.weightDecay = scalars.data[2];
+  st.nesterov = scalars.data[3] != 0.0;
+  st.decoupledWeightDecay = scalars.data[4] != 0.0;
+  if (st.lr < 0.0 || st.momentum < 0.0 || st.momentum >= 1.0 || st.weightDecay < 0.0) {
+    throwRange(env, "scalars out of range: need lr >= 0, momentum in [0, 1), weightDecay >= 0");
+  }
+  return st;
+}
+
+class PlanParser {
+ public:
+  explicit PlanParser(Napi::Env env) : env_(env) {}
+
+  StepPlan parse(const Napi::Value& value) {
+    if (!value.IsObject() || value.IsArray() || value.IsTypedArray()) throwType(env_, "Expected an object for plan but received " + describe(value));
+    Napi::Object o = value.As<Napi::Object>();
+    StepPlan plan;
+    const Napi::Array layers = arrayField(o, "layers"), weights = arrayField(o, "weights"), biases = arrayField(o, "biases"),
+                      grads = arrayField(o, "grads"), biasGrads = arrayField(o, "biasGrads");
+    const uint32_t n = layers.Length();
+    if (weights.Length() != n || biases.Length() != n || grads.Length() != n || biasGrads.Length() != n) {
+      throwRange(env_, "plan.layers, weights, biases, grads and biasGrads must have the same length");
+    }
+    const bool statistics = boolArg(o.Get("statistics"), "plan.statistics");
+    const bool inverse = boolArg(o.Get("inverse"), "plan.inverse");
+    plan.statDecay = numberArg(o.Get("statDecay"), "plan.statDecay");
+    if (plan.statDecay < 0.0 || plan.statDecay >= 1.0) throwRange(env_, "Expected plan.statDecay in [0, 1)");
+    plan.damping = numberArg(o.Get("damping"), "plan.damping");
+    if (!(plan.damping > 0.0)) throwRange(env_, "Expected a positive plan.damping");
+    plan.variant = static_cast<NystromVariant>(integerArg(o.Get("variant"), "plan.variant", 0, 1));
+    plan.scalars = parseScalars(o.Get("scalars"));
+    plan.entries.reserve(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      // Names are built only for messages: a plan is parsed on every step.
+      auto where = [i] { return "plan.layers[" + std::to_string(i) + "]"; };
+      const Napi::Value lv = layers.Get(i);
+      if (!hasTypeTag(lv, kLayerTag)) {
+        throwType(env_, "Expected a native layer for " + where() + " but received " + describe(lv));
+      }
+      PlanEntry e;
+      e.wrap = LayerWrap::Unwrap(lv.As<Napi::Object>());
+      e.layer = &e.wrap->planLayer(env_);
+      for (const PlanEntry& earlier : plan.entries) {
+        if (earlier.wrap == e.wrap) throwRange(env_, where() + " appears twice in the plan");
+      }
+      plan.held.push_back(lv);
+      const LayerSpec& spec = e.layer->spec();
+      Backend& backend = e.wrap->backend();
+      const int64_t size = spec.weightSize();
+      e.operands.weight = operand(plan, weights.Get(i), "weights", i, size, backend, e.operands.weightMemory);
+      e.operands.gradWeight = operand(plan, grads.Get(i), "grads", i, size, backend, e.operands.gradWeightMemory);
+      if (spec.bias) {
+        e.operands.bias = operand(plan, biases.Get(i), "biases", i, spec.fanOut, backend, e.operands.biasMemory);
+        e.operands.gradBias = operand(plan, biasGrads.Get(i), "biasGrads", i, spec.fanOut, backend, e.operands.gradBiasMemory);
+      } else if (!biases.Get(i).IsNull() || !biasGrads.Get(i).IsNull()) {
+        throwType(env_, "bias and gradBias must be null for a layer without bias (" + where() + ")");
+      }
+      const bool preconditioned = spec.kind != LayerKind::Plain;
+      e.commit = statistics && preconditioned;
+      e.factors = inverse && preconditioned;
+      if (e.commit && !e.layer->hasPendingStatistics()) throwRange(env_, where() + " has no pending statistics to commit");
+      if (std::find(plan.backends.begin(), plan.backends.end(), &backend) == plan.backends.end()) plan.backends.push_back(&backend);
+      plan.entries.push_back(e);
+    }
+    return plan;
+  }
+
+ private:
+  float* operand(StepPlan& plan, const Napi::Value& v, const char* field, uint32_t i, int64_t expected, Backend& backend,
+                 MemoryKind& kind) {
+    auto name = [field, i] { return std::string("plan.") + field + "[" + std::to_string(i) + "]"; };
+    if (v.IsTypedArray()) {
+      auto array = v.As<Napi::TypedArray>();
+      if (array.TypedArrayType() != napi_float32_array) {
+        throwType(env_, "Expected a Float32Array or a native tensor for " + name() + " but received " + describe(v));
+      }
+      auto floats = v.As<Napi::Float32Array>();
+      const size_t length = floats.ElementLength();
+      float* data = length > 0 ? floats.Data() : nullptr;
+      if (length > 0 && data == nullptr) throwType(env_, name() + " is detached");
+      if (static_cast<int64_t>(length) != expected) requireLength(env_, name().c_str(), length, expected);
+      // Page-locked buffers matter only to a backend with a device.
+      kind = &backend == &cpuBackend() ? MemoryKind::Host : hostMemoryKind(data, length);
+      plan.held.push_back(v);
+      return data;
+    }
+    if (!hasTypeTag(v, kTensorTag)) {
+      throwType(env_, "Expected a Float32Array or a native tensor for " + name() + " but received " + describe(v));
+    }
+    TensorWrap* t = TensorWrap::Unwrap(v.As<Napi::Object>());
+    float* data = t->planData(env_, name());
+    if (static_cast<int64_t>(t->length()) != expected) requireLength(env_, name().c_str(), t->length(), expected);
+    if (&t->backend() != &backend) throwRange(env_, name() + " is a tensor of another backend than its layer's");
+    kind = t->kind();
+    if (std::find(plan.tensors.begin(), plan.tensors.end(), t) == plan.tensors.end()) plan.tensors.push_back(t);
+    plan.held.push_back(v);
+    return data;
+  }
+
+  Napi::Env env_;
+};
+
+// Runs a parsed plan (any thread).  On failure: every backend is synchronised (best effort), so that
+// no queued copy still writes the caller's arrays, and the outcome names the failing entry.
+void runPlan(const StepPlan& plan, PlanOutcome& out) {
+  out.reports.assign(plan.entries.size(), FactorReport{});
+  auto fail = [&](const std::string& code, const std::string& message) {
+    out.failed = true;
+    out.code = code;
+    out.message = message;
+  };
+  try {
+    for (size_t i = 0; i < plan.entries.size(); ++i) {
+      out.failedEntry = static_cast<int64_t>(i);
+      const PlanEntry& e = plan.entries[i];
+      if (e.commit) e.layer->commitStatistics(plan.statDecay);
+      if (e.factors) out.reports[i] = e.layer->nystromFactors(plan.damping, plan.variant);
+      e.layer->preconditionedMomentumStep(e.operands, plan.scalars);
+    }
+    out.failedEntry = -1;
+    for (Backend* b : plan.backends) b->synchronize();
+    return;
+  } catch (const Error& e) {
+    fail(e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    fail("ERR_NYSACT_NATIVE", "Out of memory in the native backend");
+  } catch (const std::exception& e) {
+    fail("ERR_NYSACT_NATIVE", e.what());
+  } catch (...) {
+    fail("ERR_NYSACT_NATIVE", "unknown native failure");
+  }
+  for (Backend* b : plan.backends) {
+    try {
+      b->synchronize();
+    } catch (...) {
+      // The first error is the one reported.
+    }
+  }
+}
+
+// The factor reports per entry (null where none was rebuilt); an empty array when no entry rebuilt.
+Napi::Value planResult(Napi::Env env, const StepPlan& plan, const PlanOutcome& out) {
+  bool any = false;
+  for (const PlanEntry& e : plan.entries) any = any || e.factors;
+  if (!any) return Napi::Array::New(env, 0);
+  Napi::Array reports = Napi::Array::New(env, plan.entries.size());
+  for (size_t i = 0; i < plan.entries.size(); ++i) {
+    if (!plan.entries[i].factors) {
+      reports.Set(static_cast<uint32_t>(i), env.Null());
+      continue;
+    }
+    const FactorReport& r = out.reports[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("status", static_cast<int32_t>(r.status));
+    o.Set("shift", r.shift);
+    o.Set("attempts", r.attempts);
+    o.Set("detail", r.detail);
+    reports.Set(static_cast<uint32_t>(i), o);
+  }
+  return reports;
+}
+
+Napi::Error planError(Napi::Env env, const PlanOutcome& out) {
+  Napi::Error error = withCode(Napi::Error::New(env, out.message), out.code.empty() ? "ERR_NYSACT_NATIVE" : out.code);
+  error.Set("layerIndex", Napi::Number::New(env, static_cast<double>(out.failedEntry)));
+  return error;
+}
+
+// Byte counts change only where statistics were committed or factors rebuilt.
+void refreshBytes(const StepPlan& plan) {
+  for (const PlanEntry& e : plan.entries) {
+    if (!e.commit && !e.factors) continue;
+    try {
+      e.wrap->updateBytes();
+    } catch (...) {
+      // A broken device context: the byte count stays as it was.
+    }
+  }
+}
+
+// stepPlan(plan): the whole step on the calling (main) thread.  Returns the factor reports (null
+// for entries without a rebuild); throws with `layerIndex` naming the failing entry.
+Napi::Value StepPlanFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  StepPlan plan = PlanParser(env).parse(argument(info, 0));
+  PlanOutcome out;
+  runPlan(plan, out);
+  refreshBytes(plan);
+  if (out.failed) throw planError(env, out);
+  return planResult(env, plan, out);
+}
+
+// The same on a libuv pool thread.  From queueing until it settles, the plan's layers and tensors
+// are marked in use (their methods throw ERR_NYSACT_BUSY) and every JS object it points into is
+// referenced, so none is collected; JS must not write the arrays meanwhile.  On CUDA the pool
+// thread enqueues the work and synchronises the stream.
+class StepPlanWorker : public Napi::AsyncWorker {
+ public:
+  StepPlanWorker(Napi::Env env, StepPlan plan, InstanceData* instance)
+      : Napi::AsyncWorker(env, "nysact:stepAsync"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        plan_(std::move(plan)),
+        instance_(instance),
+        threads_(cpuThreads()) {
+    for (const Napi::Value& v : plan_.held) references_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    plan_.held.clear();
+    for (PlanEntry& e : plan_.entries) e.wrap->setBusy(true);
+    for (TensorWrap* t : plan_.tensors) t->acquire();
+  }
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    {
+      std::lock_guard<std::mutex> lock(instance_->executionMutex);
+      if (instance_->tearingDown) {
+        outcome_.failed = true;
+        outcome_.code = "ERR_NYSACT_DISPOSED";
+        outcome_.message = "The JavaScript environment is shutting down; the step was not run";
+        SetError(outcome_.message);
+        return;
+      }
+      instance_->executing += 1;
+    }
+    // The thread count set through setThreads() is per thread in OpenMP: carry it over.
+    setCpuThreads(threads_);
+    runPlan(plan_, outcome_);
+    {
+      std::lock_guard<std::mutex> lock(instance_->executionMutex);
+      instance_->executing -= 1;
+    }
+    instance_->executionDone.notify_all();
+    if (outcome_.failed) SetError(outcome_.message);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    settle();
+    deferred_.Resolve(planResult(env, plan_, outcome_));
+  }
+
+  void OnError(const Napi::Error&) override {
+    Napi::Env env = Env();
+    settle();
+    deferred_.Reject(planError(env, outcome_).Value());
+  }
+
+ private:
+  void settle() {
+    for (PlanEntry& e : plan_.entries) e.wrap->setBusy(false);
+    for (TensorWrap* t : plan_.tensors) t->releaseUse();
+    refreshBytes(plan_);
+  }
+
+  Napi::Promise::Deferred deferred_;
+  StepPlan plan_;
+  InstanceData* instance_;
+  int threads_;
+  PlanOutcome outcome_;
+  std::vector<Napi::ObjectReference> references_;
+};
+
+Napi::Value StepPlanAsyncFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  InstanceData* instance = env.GetInstanceData<InstanceData>();
+  if (instance == nullptr) throw withCode(Napi::Error::New(env, "The addon's instance data is missing"), "ERR_NYSACT_NATIVE");
+  StepPlan plan = PlanParser(env).parse(argument(info, 0));
+  auto* worker = new StepPlanWorker(env, std::move(plan), instance);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+// allFinite(x): x a Float32Array or a native tensor (scanned where it lives).
+Napi::Value AllFinite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Value v = argument(info, 0);
+  if (hasTypeTag(v, kTensorTag)) {
+    TensorWrap* t = TensorWrap::Unwrap(v.As<Napi::Object>());
+    float* data = t->planData(env, "x");
+    return Napi::Boolean::New(env, t->backend().allFinite(data, t->length(), t->kind()));
+  }
+  auto x = floatArg(v, "x");
+  return Napi::Boolean::New(env, cpuBackend().allFinite(x.data, x.length, MemoryKind::Host));
 }
 
 Napi::Value Threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), cpuThreads()); }
@@ -581,6 +1186,10 @@ Napi::Value LiveObjects(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("layers", static_cast<double>(gLiveLayers.load()));
   o.Set("bytes", static_cast<double>(gLiveBytes.load()));
+  o.Set("tensors", static_cast<double>(gLiveTensors.load()));
+  o.Set("tensorBytes", static_cast<double>(gLiveTensorBytes.load()));
+  o.Set("hostBuffers", static_cast<double>(gLiveHostBuffers.load()));
+  o.Set("hostBufferBytes", static_cast<double>(gLiveHostBufferBytes.load()));
   return o;
 }
 
@@ -604,11 +1213,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       env,
       [](void* arg) {
         auto* d = static_cast<InstanceData*>(arg);
+        {
+          // No pool thread may still use a layer or tensor freed below.
+          std::unique_lock<std::mutex> lock(d->executionMutex);
+          d->tearingDown = true;
+          d->executionDone.wait(lock, [d] { return d->executing == 0; });
+        }
         while (!d->live.empty()) (*d->live.begin())->Release();
+        while (!d->tensors.empty()) (*d->tensors.begin())->Release();
       },
       data);
   Napi::Function layer = LayerWrap::Define(env);
   exports.Set("Layer", layer);
+  exports.Set("Tensor", TensorWrap::Define(env));
   exports.Set("version", Napi::String::New(env, NYSACT_VERSION));
   exports.Set("interfaceVersion", Napi::Number::New(env, kBackendInterfaceVersion));
   exports.Set("allFinite", Napi::Function::New<translate<AllFinite>>(env, "allFinite"));
@@ -619,6 +1236,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convGeometry", Napi::Function::New<translate<ConvGeometryFn>>(env, "convGeometry"));
   exports.Set("backends", Napi::Function::New<translate<Backends>>(env, "backends"));
   exports.Set("liveObjects", Napi::Function::New<translate<LiveObjects>>(env, "liveObjects"));
+  exports.Set("stepPlan", Napi::Function::New<translate<StepPlanFn>>(env, "stepPlan"));
+  exports.Set("stepPlanAsync", Napi::Function::New<translate<StepPlanAsyncFn>>(env, "stepPlanAsync"));
+  exports.Set("hostBuffer", Napi::Function::New<translate<HostBufferFn>>(env, "hostBuffer"));
+  exports.Set("byteAlignment", Napi::Function::New<translate<ByteAlignment>>(env, "byteAlignment"));
   exports.Set("cudaLoadAttempted", Napi::Function::New<translate<CudaLoadAttempted>>(env, "cudaLoadAttempted"));
   registerBenchExports(env, exports);
   return exports;

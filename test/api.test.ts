@@ -554,3 +554,25 @@ t.test('a missing binary fails with ERR_NYSACT_LOAD and explains the fix', async
   t.match(out.message, /npm run build:native/);
   t.match(out.message, /cmake.*C\+\+17.*libeigen3-dev.*librandom123-dev/s);
 });
+
+t.test("idle OpenMP threads sleep unless the user says otherwise (libgomp's verbose display)", async (t) => {
+  const root = path.join(__dirname, '..');
+  const script = "require('./dist/cjs/index.js').nativeInfo(); console.log(JSON.stringify(process.env.OMP_WAIT_POLICY ?? null))";
+  const run = (extra: Record<string, string>) => {
+    const env: Record<string, string | undefined> = { ...process.env, OMP_DISPLAY_ENV: 'verbose', ...extra };
+    if (!('OMP_WAIT_POLICY' in extra)) delete env.OMP_WAIT_POLICY;
+    if (!('GOMP_SPINCOUNT' in extra)) delete env.GOMP_SPINCOUNT;
+    const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', env });
+    t.equal(r.status, 0, r.stderr);
+    const spin = /GOMP_SPINCOUNT = '(\d+)'/.exec(r.stderr);
+    t.ok(spin, 'libgomp printed its settings');
+    return { spin: spin ? Number(spin[1]) : NaN, policy: /OMP_WAIT_POLICY = '(\w+)'/.exec(r.stderr)?.[1], env: JSON.parse(r.stdout) as string | null };
+  };
+  const plain = run({});
+  t.equal(plain.spin, 0, 'no spinning by default');
+  t.equal(plain.env, null, 'the environment is restored after loading');
+  const active = run({ OMP_WAIT_POLICY: 'active' });
+  t.equal(active.policy, 'ACTIVE', "the user's OMP_WAIT_POLICY wins");
+  t.equal(active.env, 'active');
+  t.equal(run({ GOMP_SPINCOUNT: '1234' }).spin, 1234, "the user's GOMP_SPINCOUNT wins");
+});

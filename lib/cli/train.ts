@@ -48,17 +48,17 @@ Budget:
 
 Hyperparameters (defaults: the choices of bench/fashion.js's validation sweep):
   --lr X                 NysAct learning rate (default 0.05)
-  --damping X            NysAct damping rho (default 1)
-  --rank N               NysAct sketch rank (default 10)
+  --damping X            NysAct damping rho (default 0.3)
+  --rank N               NysAct sketch rank (default 20)
   --tcov N               NysAct statistics interval (default 5)
-  --tinv N               NysAct inverse interval (default 50)
+  --tinv N               NysAct inverse interval (default 10)
   --weight-decay X       NysAct weight decay (default 0, as tfjs's SGD and Adam have none)
   --nystrom KIND         NysAct Nystrom variant: reference (SPEC §1, default) or textbook
   --sgd-lr X             SGD-momentum learning rate (default 0.05, momentum 0.9)
   --adam-lr X            Adam learning rate (default 0.003)
-  --schedule KIND        learning-rate schedule, the same for all three optimizers: constant
-                         (default) or cosine (per step from the learning rate down to 0 at the end
-                         of the last epoch)
+  --schedule KIND        learning-rate schedule, the same for all three optimizers: cosine
+                         (default; per step from the learning rate down to 0 at the end of the
+                         last epoch) or constant
 
 Output:
   --out FILE             SVG of the curves (default nysact-train.svg; 'none' to skip)
@@ -178,15 +178,15 @@ export function parseTrainArgs(argv: string[]): TrainArgs {
     model: oneOf(v.model, 'model', ['cnn', 'mlp'] as const),
     tfjs: oneOf(v.tfjs, 'tfjs', ['auto', 'node', 'js'] as const) ?? 'auto',
     lr: positive(v.lr, 'lr', 0.05),
-    damping: positive(v.damping, 'damping', 1),
-    rank: integer(v.rank, 'rank', 1, 10) as number,
+    damping: positive(v.damping, 'damping', 0.3),
+    rank: integer(v.rank, 'rank', 1, 20) as number,
     tcov: integer(v.tcov, 'tcov', 1, 5) as number,
-    tinv: integer(v.tinv, 'tinv', 1, 50) as number,
+    tinv: integer(v.tinv, 'tinv', 1, 10) as number,
     weightDecay: positive(v['weight-decay'], 'weight-decay', 0, true),
     nystrom: oneOf(v.nystrom, 'nystrom', ['reference', 'textbook'] as const) ?? 'reference',
     sgdLr: positive(v['sgd-lr'], 'sgd-lr', 0.05),
     adamLr: positive(v['adam-lr'], 'adam-lr', 0.003),
-    schedule: oneOf(v.schedule, 'schedule', ['constant', 'cosine'] as const) ?? 'constant',
+    schedule: oneOf(v.schedule, 'schedule', ['constant', 'cosine'] as const) ?? 'cosine',
     out: v.out ?? 'nysact-train.svg',
     json: v.json,
     quiet: v.quiet ?? false,

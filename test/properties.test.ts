@@ -72,6 +72,38 @@ t.test('low-rank apply equals the dense preconditioner', async (t) => {
   }
 });
 
+t.test('sketched factors: kept directions orthonormal, clipped ones stored as zero columns', async (t) => {
+  // Activations with 3 strong directions plus small noise: SPEC §1's shift clips most of the r
+  // directions (λ̂ = 0, coefficient 0) and keeps the strong ones.
+  const p0 = 30, q = 4, n = 256, rank = 8;
+  const opt = new NysAct({ lr: 0.1, rank, damping: 0.05, tinv: 1, tcov: 1 });
+  opt.addDense('fc', { inFeatures: p0, outFeatures: q, bias: false });
+  const dirs = [randomArray(p0), randomArray(p0), randomArray(p0)];
+  const x = new Float32Array(n * p0);
+  for (let i = 0; i < n; i++) {
+    const a = [4 * (rand() * 2 - 1), 2 * (rand() * 2 - 1), 1 * (rand() * 2 - 1)];
+    for (let j = 0; j < p0; j++) x[i * p0 + j] = a[0] * dirs[0][j] + a[1] * dirs[1][j] + a[2] * dirs[2][j] + 0.01 * (rand() * 2 - 1);
+  }
+  const w = randomArray(p0 * q);
+  for (let step = 0; step < 3; step++) {
+    opt.observe('fc', x, [n, p0]);
+    t.same(opt.step({ fc: { weight: w, grad: randomArray(p0 * q) } }).fallbacks, []);
+  }
+  const st = opt.layerState('fc');
+  const r = st.r;
+  const col = (k: number) => Float64Array.from({ length: p0 }, (_, i) => st.basis[i * r + k]);
+  const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, v, i) => s + v * b[i], 0);
+  const kept = [...Array(r).keys()].filter((k) => st.coefficients[k] !== 0);
+  t.ok(kept.length >= 1 && kept.length < r, `some directions kept (${kept.length} of ${r}), some clipped`);
+  for (let k = 0; k < r; k++) {
+    if (st.coefficients[k] === 0) t.ok(col(k).every((v) => v === 0), `clipped direction ${k}: zero column`);
+  }
+  let worst = 0;
+  for (const a of kept) for (const b of kept) worst = Math.max(worst, Math.abs(dot(col(a), col(b)) - (a === b ? 1 : 0)));
+  t.ok(worst < 1e-5, `kept columns orthonormal (worst |UᵀU − I| ${worst.toExponential(2)})`);
+  opt.dispose();
+});
+
 // Reference Xᵀ(X S)/n from an explicit patch matrix (TensorFlow padding, (kh, kw, c) columns).
 function patchCovariance(
   x: Float32Array, [B, H, W, C]: number[], kh: number, kw: number, [sh, sw]: number[], [dh, dw]: number[],

@@ -69,6 +69,9 @@ FactorResult nystromFactors(const NystromInput& in) {
   }
   const RowMatrixD y = chat + rho * sketch;
   const Eigen::MatrixXd w = sketch.transpose() * y;
+  // M = YᵀY (r x r, lower triangle): with W, the only products over p before U = Y T below.
+  Eigen::MatrixXd m = Eigen::MatrixXd::Zero(r, r);
+  m.selfadjointView<Eigen::Lower>().rankUpdate(y.transpose());
   // The reference eigendecomposes the lower triangle of the (non-symmetric) W.
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(w, Eigen::ComputeEigenvectors);
   if (eig.info() != Eigen::Success || !finite(eig.eigenvalues()) || !finite(eig.eigenvectors())) {
@@ -103,27 +106,49 @@ FactorResult nystromFactors(const NystromInput& in) {
   }
   out.report.shift = shift;
 
-  // Reference: B L = Y  ⇔  Lᵀ Bᵀ = Yᵀ.   Textbook: B = Y L⁻ᵀ  ⇔  L Bᵀ = Yᵀ.
-  Eigen::MatrixXd bt = y.transpose();
-  if (in.variant == NystromVariant::Reference) {
-    llt.matrixU().solveInPlace(bt);
-  } else {
-    llt.matrixL().solveInPlace(bt);
-  }
-  const Eigen::MatrixXd b = bt.transpose();
-  Eigen::JacobiSVD<Eigen::MatrixXd> svd(b, Eigen::ComputeThinU);
-  if (!finite(svd.singularValues()) || !finite(svd.matrixU())) {
+  // The thin SVD B = U Σ Qᵀ of the p x r Nyström factor, without forming B: reference B = Y L⁻¹
+  // (B L = Y), textbook B = Y L⁻ᵀ.  BᵀB = K M Kᵀ with K = L⁻ᵀ (reference) or L⁻¹ (textbook), an
+  // r x r problem: BᵀB = Q Σ² Qᵀ, and U = B Q Σ⁻¹ = Y (Kᵀ Q Σ⁻¹).  Only the directions with
+  // λ̂ = σ² − shift > 0 matter (the others have coefficient 0); for them σ² > shift ≥ ρ, so Σ⁻¹ is
+  // bounded, and U's other columns are stored as zeros.  Cost O(p·r²) in two products instead of
+  // a triangular solve and a Jacobi SVD over p x r.
+  const Eigen::MatrixXd mFull = m.selfadjointView<Eigen::Lower>();
+  const bool reference = in.variant == NystromVariant::Reference;
+  // K M, then (K M) Kᵀ = (K (K M)ᵀ)ᵀ; K x = solve with Lᵀ (reference) or L (textbook).
+  auto applyK = [&](const Eigen::MatrixXd& x) -> Eigen::MatrixXd {
+    return reference ? Eigen::MatrixXd(llt.matrixU().solve(x)) : Eigen::MatrixXd(llt.matrixL().solve(x));
+  };
+  const Eigen::MatrixXd km = applyK(mFull);
+  const Eigen::MatrixXd kmk = applyK(km.transpose()).transpose();
+  const Eigen::MatrixXd gram = 0.5 * (kmk + kmk.transpose());
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> gramEig(gram, Eigen::ComputeEigenvectors);
+  if (gramEig.info() != Eigen::Success || !finite(gramEig.eigenvalues()) || !finite(gramEig.eigenvectors())) {
     out.report.status = FactorStatus::KeptPrevious;
-    out.report.detail = "SVD of the Nyström factor failed";
+    out.report.detail = "eigendecomposition of the Nyström factor's Gram matrix BᵀB failed";
     return out;
   }
-  out.basis = svd.matrixU().cast<float>();
-  out.coefficients.resize(r);
+  // Descending σ², as a thin SVD orders them.
+  Eigen::MatrixXd q(r, r);
+  Eigen::VectorXd lambdaHat(r), inverseSigma = Eigen::VectorXd::Zero(r);
   for (int64_t j = 0; j < r; ++j) {
-    const double sigma = svd.singularValues()[j];
-    const double lambdaHat = std::max(sigma * sigma - shift, 0.0);
-    out.coefficients[j] = static_cast<float>(1.0 / (lambdaHat + rho) - 1.0 / rho);
+    const int64_t from = r - 1 - j;
+    q.col(j) = gramEig.eigenvectors().col(from);
+    const double sigma2 = std::max(gramEig.eigenvalues()[from], 0.0);
+    lambdaHat[j] = std::max(sigma2 - shift, 0.0);
+    if (lambdaHat[j] > 0.0) inverseSigma[j] = 1.0 / std::sqrt(sigma2);
   }
+  // Kᵀ = L⁻¹ (reference) or L⁻ᵀ (textbook).
+  const Eigen::MatrixXd kq = reference ? Eigen::MatrixXd(llt.matrixL().solve(q)) : Eigen::MatrixXd(llt.matrixU().solve(q));
+  const Eigen::MatrixXd t = kq * inverseSigma.asDiagonal();
+  const Eigen::MatrixXd u = y * t;
+  if (!finite(u)) {
+    out.report.status = FactorStatus::KeptPrevious;
+    out.report.detail = "the Nyström basis is not finite";
+    return out;
+  }
+  out.basis = u.cast<float>();
+  out.coefficients.resize(r);
+  for (int64_t j = 0; j < r; ++j) out.coefficients[j] = static_cast<float>(1.0 / (lambdaHat[j] + rho) - 1.0 / rho);
   out.ok = true;
   return out;
 }

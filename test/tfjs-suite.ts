@@ -313,6 +313,27 @@ export function runSuite(t: Test, tf: TF, label: string): void {
       opt.learningRate = -1;
     }, { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT' });
 
+    // A per-batch schedule from a fit callback (README): the rate set in onBatchBegin is the one
+    // that batch's step uses. lr 0 on odd batches: those leave the weights exactly as they were.
+    const moved: boolean[] = [];
+    let before: Float32Array[] = [];
+    await model.fit(x, y, {
+      epochs: 1,
+      batchSize: 2,
+      shuffle: false,
+      verbose: 0,
+      callbacks: {
+        onBatchBegin: async (batch: number) => {
+          opt.learningRate = batch % 2 === 1 ? 0 : 0.02 * 0.5 * (1 + Math.cos((Math.PI * batch) / 6));
+          before = weightsOf(model);
+        },
+        onBatchEnd: async () => {
+          moved.push(sameWeights(weightsOf(model), before) !== null);
+        },
+      },
+    });
+    t.same(moved, [true, false, true, false, true, false], 'fit callback schedule: lr 0 exactly on odd batches');
+
     // A variable outside the model, before the first step of a fresh optimizer: SGD-momentum.
     const model2 = mlp(tf, 42);
     const opt2 = nysact(model2, OPTS);

@@ -235,7 +235,8 @@ function loadTfjs(pref: TrainArgs['tfjs']): LoadedTfjs {
 // ---------------------------------------------------------------------------------------------
 // Models and optimizers
 
-function buildModel(tf: TF, kind: 'cnn' | 'mlp', seed: number): tfjs.LayersModel {
+/** The benchmark model: a small CNN or a 784-128-10 MLP, its initializers seeded from `seed`. */
+export function buildModel(tf: TF, kind: 'cnn' | 'mlp', seed: number): tfjs.LayersModel {
   let s = seed * 100;
   const init = () => tf.initializers.heNormal({ seed: ++s });
   const model = tf.sequential();

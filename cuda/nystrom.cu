@@ -325,7 +325,7 @@ struct BatchStore {
 };
 
 // Per-layer finiteness flags (bits), read back with the cuSOLVER infos.
-enum : int { kChatNonFinite = 1, kEigenNonFinite = 2, kCholeskyNonFinite = 4, kGramNonFinite = 8 };
+enum : int { kChatNonFinite = 1, kEigenNonFinite = 2, kCholeskyNonFinite = 4, kGramNonFinite = 8, kBasisNonFinite = 16 };
 
 // Layers per group launch: bounds gridDim.y (65535) and the descriptor uploads.
 constexpr size_t kMaxGroup = 4096;
@@ -430,18 +430,19 @@ __global__ void batchFiniteBasisKernel(const BatchLayer* __restrict__ layers, in
   const BatchLayer layer = layers[blockIdx.y];
   int bad = 0;
   NYSACT_GRID_STRIDE(e, layer.p * k) { bad |= !isfinite(u[layer.uOffset + e]); }
-  if (bad) atomicOr(&flags[blockIdx.y], kGramNonFinite);
+  if (bad) atomicOr(&flags[blockIdx.y], kBasisNonFinite);
 }
 
-// U (column-major double) → the layer's basis (row-major float), and its coefficients.
+// U (column-major double) → the layer's basis (row-major float), and its coefficients, with the
+// columns reversed: descending σ², as a thin SVD and the CPU backend order them.
 __global__ void batchStoreKernel(const BatchStore* __restrict__ stores, int64_t k, const double* __restrict__ u,
                                  const float* __restrict__ coefficients) {
   const BatchStore store = stores[blockIdx.y];
   NYSACT_GRID_STRIDE(e, store.p * k) {
     const int64_t i = e / k, j = e - (e / k) * k;
-    store.basis[e] = static_cast<float>(u[store.uOffset + i + j * store.p]);
+    store.basis[e] = static_cast<float>(u[store.uOffset + i + (k - 1 - j) * store.p]);
   }
-  NYSACT_GRID_STRIDE(j, k) { store.coefficients[j] = coefficients[store.member * k + j]; }
+  NYSACT_GRID_STRIDE(j, k) { store.coefficients[j] = coefficients[store.member * k + (k - 1 - j)]; }
 }
 
 class SolverParams {
@@ -656,11 +657,14 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
       o.result.report.detail = "eigendecomposition of SᵀY failed";
     } else if (choleskyInfo != 0 || (flag & kCholeskyNonFinite)) {
       o.perLayer = true;  // the shift must grow: the per-layer path's attempts from the start
-    } else if (gramInfo != 0 || (flag & kGramNonFinite)) {
+    } else if (gramInfo != 0 || (flag & (kGramNonFinite | kBasisNonFinite))) {
+      // binding/cpu/nystrom.cpp's reports: attempts and shift as far as they got.
       o.result.report.status = FactorStatus::KeptPrevious;
       o.result.report.attempts = 1;
       o.result.report.shift = layerShift;
-      o.result.report.detail = "SVD of the Nyström factor failed";
+      o.result.report.detail = gramInfo != 0 || (flag & kGramNonFinite)
+                                   ? "eigendecomposition of the Nyström factor's Gram matrix BᵀB failed"
+                                   : "the Nyström basis is not finite";
     } else {
       o.result.ok = true;
       o.result.report.attempts = 1;

@@ -41,7 +41,8 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
 // L = chol(Wh), G = L⁻ᵀ M L⁻¹ (reference) or L⁻¹ M L⁻ᵀ (textbook), G = Q diag(σ²) Qᵀ,
 // λ̂ = max(σ² − shift, 0), T = L⁻¹ Q Σ⁻¹ (reference) or L⁻ᵀ Q Σ⁻¹ (textbook) with the columns of
 // λ̂ = 0 zeroed; U = Y T (one GEMM per layer).  U's kept columns are the left singular vectors of
-// B = Y L⁻¹ (or Y L⁻ᵀ), so the result is the per-layer path's up to rounding and column order.
+// B = Y L⁻¹ (or Y L⁻ᵀ), stored by descending σ² (as binding/cpu/nystrom.cpp does), so the result is
+// the per-layer path's and the CPU's up to rounding and column signs.
 // One host synchronisation per group of equal k reads every layer's cuSOLVER info and finiteness
 // flags.
 struct NystromBatchOutcome {

@@ -11,10 +11,14 @@
 // within 1e-3·(1 + max λ̂); factor statuses, counters and state round trips equal.  On CUDA each
 // case also runs with the weights and gradients resident on the device (Backend::allocate, Device)
 // and in page-locked host memory (PinnedHost): both must give the host-array path's bits exactly.
+// CUDA layers rebuild their factors through Backend::nystromFactorsBatch (the batched path); a
+// batch parity check rebuilds several layers together on the CPU, on CUDA's batched path and on its
+// per-layer path (NYSACT_CUDA_FACTORS=per-layer).
 //
 // Benchmarks (CUDA only): the fused update against the device-to-device copy bandwidth on
 // ResNet-50's parameter shapes; the statistics step against cuBLAS SGEMM's rate on ResNet-50's
-// layers at batch 256 (224² input, rank 50); the inverse update of every ResNet-50 layer at rank 50;
+// layers at batch 256 (224² input, rank 50); the inverse update of every ResNet-50 layer at rank 50
+// (one nystromFactorsBatch, CUDA's batched path against its per-layer path);
 // a whole update step over every ResNet-50 layer with device-resident weights and gradients against
 // the same step from pageable and from page-locked host arrays (the copies included).
 //
@@ -413,10 +417,13 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     if (!plain && t % c.tinv == 0) {
       const FactorReport ra = la->nystromFactors(c.damping, c.variant);
       if (lb) {
-        const FactorReport rb = lb->nystromFactors(c.damping, c.variant);
+        // CUDA rebuilds as an optimizer step does: through the batched entry point.
+        const FactorReport rb = b->nystromFactorsBatch({lb.get()}, c.damping, c.variant).front();
         if (ra.status != rb.status) statusesEqual = false;
         for (auto& run : resident) {
-          if (run->layer->nystromFactors(c.damping, c.variant).status != rb.status) residentIdentical = false;
+          if (b->nystromFactorsBatch({run->layer.get()}, c.damping, c.variant).front().status != rb.status) {
+            residentIdentical = false;
+          }
         }
         LayerState sa, sb;
         la->exportState(sa);
@@ -517,6 +524,107 @@ Object philoxCheck(Backend& cuda, bool& identical) {
     }
   }
   o.boolean("gaussianBitIdentical", identical).number("draws", draws);
+  return o;
+}
+
+// Many layers rebuilt in one nystromFactorsBatch (layers of equal and of different rank, a subcolumn
+// sketch, a full-covariance layer), on the CPU, on CUDA's batched path and on its per-layer path
+// (NYSACT_CUDA_FACTORS=per-layer): statuses equal, λ̂ within the parity bound, and the
+// preconditioned direction (one step at lr 1, no momentum, no decay: θ − P G) within 1e-4, which
+// checks the bases independently of their column order and signs.
+// Without CUDA, only the CPU's batch runs (a smoke run of the harness).
+Object batchParity(Backend& cpu, Backend* cuda, bool& ok) {
+  Object o;
+  ok = true;
+  const Tolerances tol;
+  std::vector<LayerSpec> specs = {
+      dense(96, 40, true, 10, SketchKind::Gaussian, WeightLayout::InOut),
+      dense(200, 17, false, 10, SketchKind::Gaussian, WeightLayout::OutIn),
+      dense(70, 33, false, 8, SketchKind::Subcolumns, WeightLayout::OutIn),
+      dense(130, 20, true, 16, SketchKind::Gaussian, WeightLayout::InOut),
+      dense(51, 12, false, 10, SketchKind::Subcolumns, WeightLayout::InOut),
+      dense(12, 9, true, 50, SketchKind::Gaussian, WeightLayout::InOut),
+      conv(3, 3, 8, 16, 1, 1, 1, 1, Padding::Same, true, 16, SketchKind::Gaussian),
+  };
+  for (size_t i = 0; i < specs.size(); ++i) specs[i].layerKey = static_cast<uint32_t>(100 + i);
+  std::vector<std::string> rows;
+  for (NystromVariant variant : {NystromVariant::Reference, NystromVariant::Textbook}) {
+    struct Run {
+      std::vector<std::unique_ptr<Layer>> layers;
+      std::vector<FactorReport> reports;
+      std::vector<std::vector<float>> weights, lambdas;
+    };
+    auto run = [&](Backend& backend, bool perLayer) {
+      if (perLayer) setenv("NYSACT_CUDA_FACTORS", "per-layer", 1);
+      Run r;
+      Random rng(0xBA7C4 + static_cast<uint64_t>(variant));
+      std::vector<Layer*> raw;
+      for (const LayerSpec& s : specs) {
+        r.layers.push_back(backend.createLayer(s));
+        Layer& l = *r.layers.back();
+        for (int step = 0; step < 2; ++step) {
+          if (s.kind == LayerKind::Dense) {
+            const std::vector<float> x = rng.uniform(static_cast<size_t>(300 * s.fanIn), 1.0f);
+            l.sketchCovarianceDense(x.data(), 300, SketchInput{});
+          } else {
+            const std::vector<float> x = rng.uniform(static_cast<size_t>(4 * 12 * 12 * s.inChannels), 1.0f);
+            ConvInput in;
+            in.batch = 4, in.height = 12, in.width = 12;
+            l.sketchCovarianceConv(x.data(), in, SketchInput{});
+          }
+          l.commitStatistics(0.95);
+        }
+        raw.push_back(&l);
+      }
+      r.reports = backend.nystromFactorsBatch(raw, 0.5, variant);
+      StepScalars unit;
+      unit.lr = 1.0;
+      unit.momentum = 0.0;
+      unit.weightDecay = 0.0;
+      for (size_t i = 0; i < specs.size(); ++i) {
+        const LayerSpec& s = specs[i];
+        std::vector<float> w(static_cast<size_t>(s.weightSize()), 0.0f), bias(s.bias ? static_cast<size_t>(s.fanOut) : 0, 0.0f);
+        const std::vector<float> g = rng.uniform(w.size(), 1.0f), gb = rng.uniform(bias.size(), 1.0f);
+        r.layers[i]->preconditionedMomentumStep(
+            hostOperands(w.data(), s.bias ? bias.data() : nullptr, g.data(), s.bias ? gb.data() : nullptr), unit);
+        backend.synchronize();
+        w.insert(w.end(), bias.begin(), bias.end());
+        r.weights.push_back(w);
+        LayerState st;
+        r.layers[i]->exportState(st);
+        r.lambdas.push_back(lambdaHat(st));
+      }
+      if (perLayer) unsetenv("NYSACT_CUDA_FACTORS");
+      return r;
+    };
+    const Run reference = run(cpu, false);
+    for (bool perLayer : {false, true}) {
+      if (cuda == nullptr) break;
+      const Run other = run(*cuda, perLayer);
+      double worstW = 0, worstLambda = 0;
+      bool statuses = true;
+      for (size_t i = 0; i < specs.size(); ++i) {
+        statuses = statuses && reference.reports[i].status == other.reports[i].status;
+        worstW = std::max(worstW, relativeError(reference.weights[i], other.weights[i]));
+        const std::vector<float>& ha = reference.lambdas[i];
+        const std::vector<float>& hb = other.lambdas[i];
+        double scale = 1.0, d = ha.size() == hb.size() ? 0.0 : INFINITY;
+        for (float v : ha) scale = std::max(scale, 1.0 + v);
+        for (size_t j = 0; j < ha.size() && j < hb.size(); ++j) d = std::max(d, std::fabs(double(ha[j]) - hb[j]));
+        worstLambda = std::max(worstLambda, d / scale);
+      }
+      const bool good = statuses && worstW <= tol.weights && worstLambda <= tol.lambda;
+      ok = ok && good;
+      rows.push_back(Object()
+                         .str("variant", variant == NystromVariant::Reference ? "reference" : "textbook")
+                         .str("cudaPath", perLayer ? "per-layer" : "batched")
+                         .number("layers", double(specs.size())).boolean("statusesEqual", statuses)
+                         .number("direction", worstW).number("lambdaHat", worstLambda).boolean("ok", good)
+                         .json(4));
+    }
+  }
+  o.str("mode", cuda != nullptr ? "cpu-vs-cuda" : "cpu only (harness smoke run; nothing compared)")
+      .number("directionBound", tol.weights).number("lambdaHatBound", tol.lambda).add("runs", array(rows));
   return o;
 }
 
@@ -643,32 +751,63 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
                         .json(2));
   }
 
-  // Inverse update of every ResNet-50 layer at rank 50 (statistics from 256 random rows).
+  // Inverse update of every ResNet-50 layer at rank 50 (statistics from 256 random rows), as an
+  // optimizer step runs it: one nystromFactorsBatch over all layers, then a synchronisation.  CUDA:
+  // the batched path and the per-layer path (NYSACT_CUDA_FACTORS=per-layer), median of `repeats`
+  // after a warm-up; the CPU once.
   {
-    double cudaSeconds = 0, cpuSeconds = 0;
-    int fallbacks = 0;
     Random rng(42);
     const size_t count = quick ? 6 : net.size();
+    std::vector<std::unique_ptr<Layer>> cudaLayers, cpuLayers;
+    std::vector<Layer*> cudaRaw, cpuRaw;
     for (size_t i = 0; i < count; ++i) {
       const NetLayer& l = net[i];
-      const LayerSpec s = dense(int64_t{l.kh} * l.kw * l.cin, l.cout, l.bias, rank, SketchKind::Gaussian, WeightLayout::InOut);
+      LayerSpec s = dense(int64_t{l.kh} * l.kw * l.cin, l.cout, l.bias, rank, SketchKind::Gaussian, WeightLayout::InOut);
+      s.layerKey = static_cast<uint32_t>(i);
       const std::vector<float> x = rng.uniform(static_cast<size_t>(256 * s.fanIn), 1.0f);
       for (Backend* backend : {&cuda, &cpu}) {
-        std::unique_ptr<Layer> layer = backend->createLayer(s);
-        layer->sketchCovarianceDense(x.data(), 256, SketchInput{});
-        layer->commitStatistics(0.95);
-        layer->nystromFactors(1.0, NystromVariant::Reference);  // warm-up (workspace, handles)
-        const double t0 = seconds();
-        const FactorReport report = layer->nystromFactors(1.0, NystromVariant::Reference);
-        const double dt = seconds() - t0;
-        if (report.status != FactorStatus::Ok) ++fallbacks;
-        (backend == &cuda ? cudaSeconds : cpuSeconds) += dt;
+        auto& owned = backend == &cuda ? cudaLayers : cpuLayers;
+        owned.push_back(backend->createLayer(s));
+        owned.back()->sketchCovarianceDense(x.data(), 256, SketchInput{});
+        owned.back()->commitStatistics(0.95);
+        (backend == &cuda ? cudaRaw : cpuRaw).push_back(owned.back().get());
       }
     }
+    int nonOk = 0, nonOkPerLayer = 0;
+    auto timeCuda = [&](bool perLayer, int& nonOkCount) {
+      if (perLayer) setenv("NYSACT_CUDA_FACTORS", "per-layer", 1);
+      cuda.nystromFactorsBatch(cudaRaw, 1.0, NystromVariant::Reference);  // warm-up (workspaces, handles)
+      cuda.synchronize();
+      std::vector<double> ms;
+      for (int k = 0; k < std::max(repeats, 3); ++k) {
+        const double t0 = seconds();
+        const std::vector<FactorReport> reports = cuda.nystromFactorsBatch(cudaRaw, 1.0, NystromVariant::Reference);
+        cuda.synchronize();
+        ms.push_back((seconds() - t0) * 1e3);
+        nonOkCount = 0;
+        for (const FactorReport& r : reports) nonOkCount += r.status != FactorStatus::Ok;
+      }
+      if (perLayer) unsetenv("NYSACT_CUDA_FACTORS");
+      std::sort(ms.begin(), ms.end());
+      return ms[ms.size() / 2];
+    };
+    const double batchedMs = timeCuda(false, nonOk);
+    const double perLayerMs = timeCuda(true, nonOkPerLayer);
+    const double t0 = seconds();
+    const std::vector<FactorReport> cpuReports = cpu.nystromFactorsBatch(cpuRaw, 1.0, NystromVariant::Reference);
+    const double cpuMs = (seconds() - t0) * 1e3;
+    int cpuNonOk = 0;
+    for (const FactorReport& r : cpuReports) cpuNonOk += r.status != FactorStatus::Ok;
     o.add("inverse", Object()
                          .number("layers", double(count)).number("rank", double(rank))
-                         .number("cudaMs", cudaSeconds * 1e3).number("cpuMs", cpuSeconds * 1e3)
-                         .number("cpuThreads", cpuThreads()).number("nonOkStatuses", fallbacks)
+                         .number("cudaBatchedMs", batchedMs).number("cudaPerLayerMs", perLayerMs)
+                         .number("batchedSpeedup", perLayerMs / batchedMs).number("targetMs", 5.0)
+                         .boolean("withinTarget", quick ? false : batchedMs <= 5.0)
+                         .number("cpuMs", cpuMs).number("cpuThreads", cpuThreads())
+                         .number("nonOkStatuses", nonOk).number("nonOkStatusesPerLayer", nonOkPerLayer)
+                         .number("nonOkStatusesCpu", cpuNonOk)
+                         .str("note", "wall time of one nystromFactorsBatch over all layers plus a stream "
+                                      "synchronisation (median); withinTarget only for the full ResNet-50 set")
                          .json(2));
   }
 
@@ -816,6 +955,11 @@ int main(int argc, char** argv) {
       bool identical = false;
       out.add("philox", philoxCheck(*cuda, identical).json(2));
       allOk = allOk && identical;
+    }
+    if (parity) {
+      bool batchOk = false;
+      out.add("batchParity", batchParity(cpu, cuda, batchOk).json(2));
+      allOk = allOk && batchOk;
     }
     std::vector<std::string> results;
     double total = 0;

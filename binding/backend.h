@@ -188,11 +188,29 @@ class Layer {
   virtual size_t stateBytes() const = 0;
 };
 
+// Thrown by Backend::nystromFactorsBatch when the failure belongs to one layer: `index` is its
+// position in the batch.  Other nysact::Error exceptions of a batch name no layer.
+class BatchLayerError : public Error {
+ public:
+  BatchLayerError(size_t index, const Error& cause) : Error(cause.code(), cause.what()), index_(index) {}
+  size_t index() const { return index_; }
+
+ private:
+  size_t index_;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual std::unique_ptr<Layer> createLayer(const LayerSpec& spec) = 0;
+  // SPEC §1 step 2 for many preconditioned layers of this backend at once (an optimizer step's
+  // inverse update): reports[i] is layers[i]->nystromFactors(damping, variant)'s report, and each
+  // layer ends in the state that call would leave.  A backend may batch the small r x r problems
+  // across layers (CUDA); the default calls the layers one after the other.  When it throws, some
+  // layers may have been rebuilt and others not (as when the per-layer loop stops part-way).
+  virtual std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
+                                                        NystromVariant variant);
   // Whether x[0..n) holds only finite values (x in memory of the given kind).
   virtual bool allFinite(const float* x, size_t n, MemoryKind kind) const = 0;
   // Waits for all work queued by this backend's layers; turns a device's asynchronous execution

@@ -105,4 +105,18 @@ void philoxSubcolumns(uint64_t seed, uint32_t layerKey, uint64_t statStep, int64
   }
 }
 
+std::vector<FactorReport> Backend::nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
+                                                      NystromVariant variant) {
+  std::vector<FactorReport> reports;
+  reports.reserve(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    try {
+      reports.push_back(layers[i]->nystromFactors(damping, variant));
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+  }
+  return reports;
+}
+
 }  // namespace nysact

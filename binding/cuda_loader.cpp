@@ -105,6 +105,7 @@ void load() {
   resolve(handle, "nysact_cuda_write_pending", api.writePending, missing);
   resolve(handle, "nysact_cuda_commit", api.commit, missing);
   resolve(handle, "nysact_cuda_nystrom_factors", api.nystromFactors, missing);
+  resolve(handle, "nysact_cuda_nystrom_factors_batch", api.nystromFactorsBatch, missing);
   resolve(handle, "nysact_cuda_step", api.step, missing);
   resolve(handle, "nysact_cuda_synchronize", api.synchronize, missing);
   resolve(handle, "nysact_cuda_alloc", api.alloc, missing);
@@ -143,6 +144,15 @@ void load() {
   st.available = true;
   gApi = api;
   gApiReady = true;
+}
+
+FactorReport toReport(const nysact_cuda_factor_report& r) {
+  FactorReport report;
+  report.status = static_cast<FactorStatus>(r.status);
+  report.shift = r.shift;
+  report.attempts = r.attempts;
+  report.detail = r.detail;
+  return report;
 }
 
 class CudaLayerAdapter final : public Layer {
@@ -197,13 +207,9 @@ class CudaLayerAdapter final : public Layer {
     r.struct_size = sizeof(r);
     nysact_cuda_error error{};
     checkCuda(api_.nystromFactors(handle_, damping, static_cast<int32_t>(variant), &r, &error), error);
-    FactorReport report;
-    report.status = static_cast<FactorStatus>(r.status);
-    report.shift = r.shift;
-    report.attempts = r.attempts;
-    report.detail = r.detail;
-    return report;
+    return toReport(r);
   }
+  nysact_cuda_layer* handle() const { return handle_; }
   void preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) override {
     nysact_cuda_step_operands ops{};
     ops.struct_size = sizeof(ops);
@@ -295,6 +301,36 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override {
     return std::make_unique<CudaLayerAdapter>(*cudaApi(), spec);
+  }
+  std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
+                                                NystromVariant variant) override {
+    std::vector<nysact_cuda_layer*> handles;
+    handles.reserve(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto* adapter = dynamic_cast<const CudaLayerAdapter*>(layers[i]);
+      if (adapter == nullptr) {
+        throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "nystromFactorsBatch: a layer of another backend"));
+      }
+      handles.push_back(adapter->handle());
+    }
+    std::vector<nysact_cuda_factor_report> c(layers.size());
+    for (nysact_cuda_factor_report& r : c) r.struct_size = sizeof(r);
+    int64_t failed = -1;
+    nysact_cuda_error error{};
+    const int32_t status = cudaApi()->nystromFactorsBatch(handles.data(), static_cast<int64_t>(handles.size()), damping,
+                                                         static_cast<int32_t>(variant), c.data(), &failed, &error);
+    if (status != NYSACT_CUDA_OK && failed >= 0 && static_cast<size_t>(failed) < layers.size()) {
+      try {
+        checkCuda(status, error);
+      } catch (const Error& e) {
+        throw BatchLayerError(static_cast<size_t>(failed), e);
+      }
+    }
+    checkCuda(status, error);
+    std::vector<FactorReport> reports;
+    reports.reserve(c.size());
+    for (const nysact_cuda_factor_report& r : c) reports.push_back(toReport(r));
+    return reports;
   }
   bool allFinite(const float* x, size_t n, MemoryKind kind) const override {
     if (kind != MemoryKind::Device) return cpuBackend().allFinite(x, n, MemoryKind::Host);

@@ -50,6 +50,7 @@ struct CudaApi {
   decltype(&nysact_cuda_write_pending) writePending;
   decltype(&nysact_cuda_commit) commit;
   decltype(&nysact_cuda_nystrom_factors) nystromFactors;
+  decltype(&nysact_cuda_nystrom_factors_batch) nystromFactorsBatch;
   decltype(&nysact_cuda_step) step;
   decltype(&nysact_cuda_synchronize) synchronize;
   decltype(&nysact_cuda_alloc) alloc;

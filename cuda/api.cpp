@@ -297,6 +297,45 @@ int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* handle, double damping, i
   });
 }
 
+int32_t nysact_cuda_nystrom_factors_batch(nysact_cuda_layer* const* handles, int64_t count, double damping,
+                                          int32_t variant, nysact_cuda_factor_report* reports, int64_t* failed_layer,
+                                          nysact_cuda_error* error) {
+  if (failed_layer != nullptr) *failed_layer = -1;
+  int64_t failed = -1;
+  const int32_t status = guarded(error, [&] {
+    if (count < 0 || (count > 0 && (handles == nullptr || reports == nullptr))) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers or reports");
+    }
+    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      failed = i;
+      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
+      requireStruct(reports[i].struct_size, sizeof(nysact_cuda_factor_report), "nysact_cuda_factor_report");
+    }
+    failed = -1;
+    if (count == 0) return;
+    Context& ctx = layers.front()->context();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    std::vector<FactorReport> out;
+    try {
+      out = CudaLayer::nystromFactorsBatch(layers, damping, static_cast<NystromVariant>(variant));
+    } catch (const BatchLayerError& e) {
+      failed = static_cast<int64_t>(e.index());
+      throw;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const FactorReport& r = out[static_cast<size_t>(i)];
+      reports[i].status = static_cast<int32_t>(r.status);
+      reports[i].attempts = r.attempts;
+      reports[i].shift = r.shift;
+      copyText(reports[i].detail, sizeof(reports[i].detail), r.detail);
+    }
+  });
+  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
+  return status;
+}
+
 int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_operands* operands,
                          const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {

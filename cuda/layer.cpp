@@ -1,6 +1,7 @@
 #include "layer.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -185,9 +186,7 @@ void CudaLayer::commitStatistics(double statDecay) {
   hasPending_ = false;
 }
 
-FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
-  requirePreconditioned("nystromFactors");
-  NystromDeviceInput in;
+bool CudaLayer::factorInput(double damping, NystromVariant variant, NystromDeviceInput& in, FactorReport& report) const {
   in.ema = ema_.data();
   in.p = p_;
   in.k = k_;
@@ -197,22 +196,20 @@ FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
   in.decayProduct = decayProduct_;
   in.damping = damping;
   in.variant = variant;
-  NystromDeviceResult result;
-  DeviceArray<float> candidate;
   if (!in.full && in.sketch == nullptr && in.indices == nullptr) {
-    result.report.status = FactorStatus::KeptPrevious;
-    result.report.detail = "no sketch committed yet";
-  } else {
-    result = cuda::nystromFactors(ctx_, in, candidate);
+    report.status = FactorStatus::KeptPrevious;
+    report.detail = "no sketch committed yet";
+    return false;
   }
-  if (result.ok) {
-    basis_.swap(candidate);
-    upload(ctx_, coefficients_, result.coefficients);
-    ctx_.synchronize();
+  return true;
+}
+
+FactorReport CudaLayer::settleFactors(bool ok, FactorReport report, double damping) {
+  if (ok) {
     inverseDamping_ = 1.0 / damping;
     hasFactors_ = true;
-    if (result.report.status != FactorStatus::Ok) factorFallbacks_ += 1;
-    return result.report;
+    if (report.status != FactorStatus::Ok) factorFallbacks_ += 1;
+    return report;
   }
   factorFallbacks_ += 1;
   if (!hasFactors_) {
@@ -222,9 +219,88 @@ FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
     ctx_.synchronize();
     inverseDamping_ = 1.0 / damping;
     hasFactors_ = true;
-    result.report.status = FactorStatus::Identity;
+    report.status = FactorStatus::Identity;
   }
-  return result.report;
+  return report;
+}
+
+FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
+  requirePreconditioned("nystromFactors");
+  NystromDeviceInput in;
+  NystromDeviceResult result;
+  DeviceArray<float> candidate;
+  if (factorInput(damping, variant, in, result.report)) result = cuda::nystromFactors(ctx_, in, candidate);
+  if (result.ok) {
+    basis_.swap(candidate);
+    upload(ctx_, coefficients_, result.coefficients);
+    ctx_.synchronize();
+  }
+  return settleFactors(result.ok, std::move(result.report), damping);
+}
+
+namespace {
+
+bool perLayerFactors() {
+  const char* mode = std::getenv("NYSACT_CUDA_FACTORS");
+  return mode != nullptr && std::strcmp(mode, "per-layer") == 0;
+}
+
+}  // namespace
+
+std::vector<FactorReport> CudaLayer::nystromFactorsBatch(const std::vector<CudaLayer*>& layers, double damping,
+                                                         NystromVariant variant) {
+  std::vector<FactorReport> reports(layers.size());
+  // Runs layers[i]'s own rebuild, naming it in an error.
+  auto single = [&](size_t i) {
+    try {
+      reports[i] = layers[i]->nystromFactors(damping, variant);
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+  };
+  for (size_t i = 0; i < layers.size(); ++i) {
+    try {
+      layers[i]->requirePreconditioned("nystromFactors");
+      if (&layers[i]->context() != &layers.front()->context()) {
+        throw Error("ERR_NYSACT_INVALID_ARGUMENT", "a batched rebuild needs layers of one device");
+      }
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+  }
+  if (layers.empty()) return reports;
+  if (perLayerFactors()) {
+    for (size_t i = 0; i < layers.size(); ++i) single(i);
+    return reports;
+  }
+  Context& ctx = layers.front()->context();
+  std::vector<NystromDeviceInput> inputs(layers.size());
+  std::vector<bool> missing(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i]->factorInput(damping, variant, inputs[i], reports[i])) {
+      missing[i] = true;
+      inputs[i].full = true;  // not batched: settled below
+    }
+  }
+  // U and the coefficients go straight into the layer's arrays (allocated on its first rebuild).
+  auto destination = [&](size_t i, float** basis, float** coefficients) {
+    CudaLayer& l = *layers[i];
+    l.basis_.resize(static_cast<size_t>(l.p_ * l.k_));
+    l.coefficients_.resize(static_cast<size_t>(l.k_));
+    *basis = l.basis_.data();
+    *coefficients = l.coefficients_.data();
+  };
+  const std::vector<NystromBatchOutcome> outcomes = nystromFactorsBatched(ctx, inputs, destination);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (missing[i]) {
+      reports[i] = layers[i]->settleFactors(false, std::move(reports[i]), damping);
+    } else if (outcomes[i].perLayer) {
+      single(i);
+    } else {
+      reports[i] = layers[i]->settleFactors(outcomes[i].result.ok, outcomes[i].result.report, damping);
+    }
+  }
+  return reports;
 }
 
 namespace {

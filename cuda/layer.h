@@ -18,6 +18,8 @@
 namespace nysact {
 namespace cuda {
 
+struct NystromDeviceInput;
+
 class CudaLayer {
  public:
   CudaLayer(Context& ctx, const LayerSpec& spec);
@@ -33,6 +35,11 @@ class CudaLayer {
   void writePendingCovariance(const float* in);
   void commitStatistics(double statDecay);
   FactorReport nystromFactors(double damping, NystromVariant variant);
+  // The inverse update of many layers of one context (an optimizer step's): the batched path of
+  // cuda/nystrom.cu, or, with NYSACT_CUDA_FACTORS=per-layer, nystromFactors layer by layer.  Same
+  // reports and fallbacks as the per-layer calls; throws BatchLayerError naming a layer's index.
+  static std::vector<FactorReport> nystromFactorsBatch(const std::vector<CudaLayer*>& layers, double damping,
+                                                       NystromVariant variant);
   // Enqueued on the context's stream; the caller synchronises (Context::synchronize) before it reads
   // host operands back.  Device operands are used in place: no copy at all.
   void preconditionedMomentumStep(const StepOperands& operands, const StepScalars& s);
@@ -49,6 +56,11 @@ class CudaLayer {
   // The pending-sketch candidate for this statistics step (device / host indices).
   void prepareSketch(const SketchInput& in);
   bool runSketch(const float* x, int64_t rows, const ConvInput* conv, bool deviceResident);
+  // The inputs of a rebuild; false (report filled) when there is nothing to factorise yet.
+  bool factorInput(double damping, NystromVariant variant, NystromDeviceInput& in, FactorReport& report) const;
+  // The bookkeeping after a rebuild whose U and coefficients (if ok) are already in place:
+  // counters, inverse damping, and the fallbacks (previous factors kept, or P = I/ρ).
+  FactorReport settleFactors(bool ok, FactorReport report, double damping);
 
   Context& ctx_;
   LayerSpec spec_;

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define NYSACT_CUDA_ABI_VERSION 2
+#define NYSACT_CUDA_ABI_VERSION 3
 
 #if defined(NYSACT_CUDA_BUILDING_LIBRARY)
 #define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
@@ -141,6 +141,16 @@ NYSACT_CUDA_EXPORT int32_t nysact_cuda_write_pending(nysact_cuda_layer* layer, c
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_commit(nysact_cuda_layer* layer, double stat_decay, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* layer, double damping, int32_t variant,
                                                        nysact_cuda_factor_report* report, nysact_cuda_error* error);
+/* The factors of `count` layers of one device at once (an optimizer step's inverse update):
+ * reports[i] is what nysact_cuda_nystrom_factors would report for layers[i] (each with its
+ * struct_size set), and each layer ends as that call would leave it.  The r x r problems of
+ * layers of equal rank are batched (cuda/nystrom.cu); NYSACT_CUDA_FACTORS=per-layer runs the
+ * layers one by one instead.  On failure *failed_layer is the index of the layer it belongs to, or
+ * -1 when it belongs to none. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_nystrom_factors_batch(nysact_cuda_layer* const* layers, int64_t count,
+                                                             double damping, int32_t variant,
+                                                             nysact_cuda_factor_report* reports, int64_t* failed_layer,
+                                                             nysact_cuda_error* error);
 /* Enqueues the fused step on the context's stream and returns: the results in the operands (and
  * errors of the kernels' execution) are there after nysact_cuda_synchronize.  Pageable host
  * operands are read before it returns (the CUDA runtime stages them); writing them back is

@@ -178,8 +178,10 @@ export interface NativeBinding {
   /** x is scanned where it lives (a CUDA tensor on the device). */
   allFinite(x: NativeOperand): boolean;
   /**
-   * Runs a whole step on this thread. Throws an error with `layerIndex` (the failing entry, -1
-   * when the final synchronisation failed); entries before it have been updated.
+   * Runs a whole step on this thread: commits every entry's statistics, rebuilds the factors of
+   * all entries that need it in one batch per backend, then runs the fused updates in order. Throws
+   * an error with `layerIndex` (the failing entry, -1 when the final synchronisation failed); when
+   * an update failed, all statistics and factors and the updates before it have been applied.
    */
   stepPlan(plan: NativeStepPlan): NativeStepPlanResult;
   /**

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <sstream>
 
@@ -281,6 +282,38 @@ class CpuBackend final : public Backend {
   }
   const char* name() const override { return "cpu"; }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override { return std::make_unique<CpuLayer>(spec); }
+
+  // The layers' rebuilds are independent (each reads and writes only its own state, and Eigen runs
+  // single-threaded inside, see the constructor), so running them on OpenMP threads gives the serial
+  // loop's bits.  Every layer is attempted; the first failing one (by position) is reported.
+  std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
+                                                NystromVariant variant) override {
+    for (Layer* layer : layers) {
+      if (dynamic_cast<CpuLayer*>(layer) == nullptr) {
+        throw Error("ERR_NYSACT_INVALID_ARGUMENT", "nystromFactorsBatch: a layer of another backend");
+      }
+    }
+    const int64_t n = static_cast<int64_t>(layers.size());
+    std::vector<FactorReport> reports(layers.size());
+    std::vector<std::exception_ptr> errors(layers.size());
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        reports[static_cast<size_t>(i)] = layers[static_cast<size_t>(i)]->nystromFactors(damping, variant);
+      } catch (...) {
+        errors[static_cast<size_t>(i)] = std::current_exception();
+      }
+    }
+    for (size_t i = 0; i < errors.size(); ++i) {
+      if (!errors[i]) continue;
+      try {
+        std::rethrow_exception(errors[i]);
+      } catch (const Error& e) {
+        throw BatchLayerError(i, e);
+      }
+    }
+    return reports;
+  }
   bool allFinite(const float* x, size_t n, MemoryKind kind) const override {
     requireHost(kind);
     return cpu::allFinite(x, static_cast<int64_t>(n));

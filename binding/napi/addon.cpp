@@ -777,8 +777,9 @@ Napi::Value ByteAlignment(const Napi::CallbackInfo& info) {
 
 // ---- step plans -----------------------------------------------------------------------------------
 
-// One optimizer step over many layers (SPEC §1): commit statistics, rebuild factors, fused update,
-// for every layer in order, then one synchronisation per backend.  Parsed and checked on the main
+// One optimizer step over many layers (SPEC §1): commit the statistics of every layer, rebuild the
+// factors of every layer that needs it with one Backend::nystromFactorsBatch per backend, run the
+// fused updates in order, then one synchronisation per backend.  Parsed and checked on the main
 // thread; run there (stepPlan) or on a pool thread (stepPlanAsync).
 struct PlanEntry {
   LayerWrap* wrap = nullptr;
@@ -935,7 +936,35 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
       out.failedEntry = static_cast<int64_t>(i);
       const PlanEntry& e = plan.entries[i];
       if (e.commit) e.layer->commitStatistics(plan.statDecay);
-      if (e.factors) out.reports[i] = e.layer->nystromFactors(plan.damping, plan.variant);
+    }
+    // One batched rebuild per backend over all of its entries that rebuild factors (the CUDA
+    // backend batches their r x r problems; a layer's factors depend on that layer alone, so the
+    // results are those of the per-layer calls).
+    for (Backend* backend : plan.backends) {
+      std::vector<Layer*> layers;
+      std::vector<size_t> entries;
+      for (size_t i = 0; i < plan.entries.size(); ++i) {
+        const PlanEntry& e = plan.entries[i];
+        if (e.factors && &e.wrap->backend() == backend) {
+          layers.push_back(e.layer);
+          entries.push_back(i);
+        }
+      }
+      if (layers.empty()) continue;
+      out.failedEntry = static_cast<int64_t>(entries.front());
+      std::vector<FactorReport> reports;
+      try {
+        reports = backend->nystromFactorsBatch(layers, plan.damping, plan.variant);
+      } catch (const BatchLayerError& e) {
+        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
+        throw;
+      }
+      if (reports.size() != layers.size()) throw Error("ERR_NYSACT_NATIVE", "nystromFactorsBatch returned too few reports");
+      for (size_t j = 0; j < entries.size(); ++j) out.reports[entries[j]] = std::move(reports[j]);
+    }
+    for (size_t i = 0; i < plan.entries.size(); ++i) {
+      out.failedEntry = static_cast<int64_t>(i);
+      const PlanEntry& e = plan.entries[i];
       e.layer->preconditionedMomentumStep(e.operands, plan.scalars);
     }
     out.failedEntry = -1;

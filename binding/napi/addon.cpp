@@ -267,6 +267,9 @@ LayerSpec parseSpec(const Napi::Value& value) {
 
 struct InstanceData;
 
+// [lr, momentum, weightDecay, nesterov, decoupled] from a Float64Array, checked (defined below).
+StepScalars parseScalars(const Napi::Value& v);
+
 class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -452,19 +455,7 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
         throwType(env, "bias and gradBias must be null for a layer without bias");
       }
     }
-    auto scalars = typedArg<double>(argument(info, 4), "scalars", napi_float64_array, "Float64Array");
-    requireLength(env, "scalars", scalars.length, 5);
-    for (size_t i = 0; i < 5; ++i)
-      if (!std::isfinite(scalars.data[i])) throwRange(env, "scalars must be finite");
-    StepScalars st;
-    st.lr = scalars.data[0];
-    st.momentum = scalars.data[1];
-    st.weightDecay = scalars.data[2];
-    st.nesterov = scalars.data[3] != 0.0;
-    st.decoupledWeightDecay = scalars.data[4] != 0.0;
-    if (st.lr < 0.0 || st.momentum < 0.0 || st.momentum >= 1.0 || st.weightDecay < 0.0) {
-      throwRange(env, "scalars out of range: need lr >= 0, momentum in [0, 1), weightDecay >= 0");
-    }
+    const StepScalars st = parseScalars(argument(info, 4));
     l.preconditionedMomentumStep(hostOperands(weight.data, bias.data, grad.data, gradBias.data), st);
     backend_->synchronize();
     return env.Undefined();

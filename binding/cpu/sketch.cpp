@@ -77,13 +77,13 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   const bool inPlace = g.padTop == 0 && g.padLeft == 0 && wp == width && hp == height;
 
   // Output position (oh, ow) of an image reads tap (a, b) at padded pixel
-  // (oh·sh + a·dh)·wp + ow·sw + b·dw.  With sh == sw == s this is s·(oh·wp + ow) + offset(a, b): the
-  // output positions form a "grid" of row period wp whose rows with ow >= outW are junk (computed,
-  // then zeroed).  With unit strides the grids of consecutive padded images also line up
-  // (row g of image i is row i·pixels + g), so several images could form one tall product; measured,
-  // one image per pass is fastest (its working set stays in L2), so imagesPerPass is 1.
+  // (oh·sh + a·dh)·wp + ow·sw + b·dw.  With unit strides (the only case of the two view paths below;
+  // strided convs use patch tiles) this is (oh·wp + ow) + offset(a, b): the output positions form a
+  // "grid" of row period wp whose rows with ow >= outW are junk (computed, then zeroed).  The grids
+  // of consecutive padded images also line up (row g of image i is row i·pixels + g), so several
+  // images could form one tall product; measured, one image per pass is fastest (its working set
+  // stays in L2), so imagesPerPass is 1.
   const bool unitStride = sh == 1 && sw == 1;
-  const bool equalStride = sh == sw;
   const int64_t gridRows = (g.outH - 1) * wp + g.outW;
   // Measured on ResNet-32 shapes (bench/core.js): with unit strides, batching all kh·kw taps into
   // one product each way wins once a kernel row is wide (kw·ch >= 128); below that, one strided
@@ -93,8 +93,10 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   // product an inner dimension of a few floats, which Eigen runs at a few GFLOP/s (measured: a 3×3
   // conv on 1 channel, 28×28, batch 128 at 5.6 GFLOP/s). There the patches of up to 4096 output
   // positions of one image are gathered into a small tile (at most 4096 × p0 floats, never the
-  // whole patch matrix) and multiplied with inner dimension p0 instead.
-  const bool patchTiles = !allTaps && kw * ch < 24;
+  // whole patch matrix) and multiplied with inner dimension p0 instead.  Strided convs use the same
+  // tiles: their strided views would cover every input pixel of the grid, half of them or more junk
+  // rows (measured on ResNet-32/50 stride-2 shapes: tiles 1.3-2x faster than the views).
+  const bool patchTiles = !allTaps && (kw * ch < 24 || !unitStride);
   const int64_t taps = kh * kw;
   const int64_t tapsPerView = dw == 1 ? kw : 1;
   const int64_t viewCols = tapsPerView * ch;
@@ -143,9 +145,9 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     MutableRows part(partials.data() + c * size, p, k);
     // Images handled by one pass: the whole chunk with unit strides, else one image.
     const int64_t imagesPerPass = 1;
-    const int64_t rows = (imagesPerPass - 1) * pixels + (equalStride ? gridRows : g.outW);
+    const int64_t rows = (imagesPerPass - 1) * pixels + gridRows;
     std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(imagesPerPass * pixels * ch));
-    RowMatrixF z(rows, k), t, zShift;
+    RowMatrixF z(patchTiles ? 0 : rows, k), t, zShift;  // z: the view paths only
     if (allTaps) {
       t.resize(imagesPerPass * pixels, taps * k);
       zShift.resize(imagesPerPass * pixels, taps * k);
@@ -158,7 +160,6 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     }
 
     auto zeroJunkRows = [&](Eigen::Ref<RowMatrixF> zg) {
-      if (!equalStride) return;
       for (int64_t row = 0; row < zg.rows(); ++row) {
         const int64_t local = row % pixels;
         if (local >= gridRows || local % wp >= g.outW) zg.row(row).setZero();
@@ -215,25 +216,20 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
         }
         continue;
       }
-      // One pass per group of output rows: all of them when strides are equal, else one output row.
-      const int64_t groups = equalStride ? 1 : g.outH;
-      for (int64_t grp = 0; grp < groups; ++grp) {
-        const int64_t startPixel = equalStride ? 0 : grp * sh * wp;
-        const int64_t pixelStride = equalStride ? sh : sw;
-        auto view = [&](int64_t a, int64_t bb) {
-          const int64_t offset = startPixel + a * dh * wp + bb * dw;
-          return ConstStridedRows(source + offset * ch, rows, viewCols, Eigen::OuterStride<>(pixelStride * ch));
-        };
-        initialiseZ(z);
-        for (int64_t a = 0; a < kh; ++a)
-          for (int64_t bb = 0; bb < kw; bb += tapsPerView)
-            z.noalias() += view(a, bb) * ConstRows(sketch + (a * kw + bb) * ch * k, viewCols, k);
-        zeroJunkRows(z);
-        for (int64_t a = 0; a < kh; ++a)
-          for (int64_t bb = 0; bb < kw; bb += tapsPerView)
-            part.middleRows((a * kw + bb) * ch, viewCols).noalias() += view(a, bb).transpose() * z;
-        if (spec.bias) part.row(p0) += z.colwise().sum();
-      }
+      // One strided view per kernel row (unit strides: consecutive grid rows are consecutive pixels).
+      auto view = [&](int64_t a, int64_t bb) {
+        const int64_t offset = a * dh * wp + bb * dw;
+        return ConstStridedRows(source + offset * ch, rows, viewCols, Eigen::OuterStride<>(ch));
+      };
+      initialiseZ(z);
+      for (int64_t a = 0; a < kh; ++a)
+        for (int64_t bb = 0; bb < kw; bb += tapsPerView)
+          z.noalias() += view(a, bb) * ConstRows(sketch + (a * kw + bb) * ch * k, viewCols, k);
+      zeroJunkRows(z);
+      for (int64_t a = 0; a < kh; ++a)
+        for (int64_t bb = 0; bb < kw; bb += tapsPerView)
+          part.middleRows((a * kw + bb) * ch, viewCols).noalias() += view(a, bb).transpose() * z;
+      if (spec.bias) part.row(p0) += z.colwise().sum();
     }
     if (allTaps) {
       for (int64_t tap = 0; tap < taps; ++tap) part.middleRows(tap * ch, ch) += cAll.middleCols(tap * k, k);

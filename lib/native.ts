@@ -161,12 +161,19 @@ export interface NativeBackendInfo {
   device: string;
 }
 
+/** Counts of live native objects and the bytes they own (`liveObjects()` returns it as is). */
 export interface NativeLiveObjects {
+  /** Native layers (one per registered layer of an undisposed optimizer). */
   layers: number;
+  /** Bytes of their state. */
   bytes: number;
+  /** Undisposed DeviceTensors (collected ones are freed by their finalizer). */
   tensors: number;
+  /** Bytes of their memory. */
   tensorBytes: number;
+  /** Host buffers from `hostBuffer()` not yet collected. */
   hostBuffers: number;
+  /** Bytes of their memory. */
   hostBufferBytes: number;
 }
 

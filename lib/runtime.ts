@@ -1,7 +1,7 @@
 /** Process-wide facts and knobs of the native addon. */
 import { ErrorCodes, NysActError, callNative } from './errors.js';
 import { loadNative } from './loader.js';
-import type { NativeBinding } from './native.js';
+import type { NativeBinding, NativeLiveObjects } from './native.js';
 import { assertInteger } from './validate.js';
 
 /** One compute backend as reported by the native addon. */
@@ -59,20 +59,7 @@ export function setThreads(threads: number): void {
 }
 
 /** Counts of live native objects and the bytes they own (for leak tests: compare before and after). */
-export interface LiveObjects {
-  /** Native layers (one per registered layer of an undisposed optimizer). */
-  layers: number;
-  /** Bytes of their state. */
-  bytes: number;
-  /** Undisposed {@link DeviceTensor}s (collected ones are freed by their finalizer). */
-  tensors: number;
-  /** Bytes of their memory. */
-  tensorBytes: number;
-  /** Host buffers from `hostBuffer()` not yet collected. */
-  hostBuffers: number;
-  /** Bytes of their memory. */
-  hostBufferBytes: number;
-}
+export type LiveObjects = NativeLiveObjects;
 
 /** Live native objects and the bytes they own (for leak tests: compare before and after). */
 export function liveObjects(): LiveObjects {

@@ -2,7 +2,8 @@
 //  - the low-rank apply equals the dense formula P = U diag(c) Uᵀ + I/ρ (SPEC §2), both layouts,
 //    and the full-covariance factors invert Ĉ + ρI;
 //  - the patch-free conv sketch equals Xᵀ(X S)/n built from an explicit patch matrix (SPEC §1),
-//    over padding / stride / dilation / kernel shapes and both code paths of sketch.cpp;
+//    over padding / stride / dilation / kernel shapes and both code paths of sketch.cpp (all taps,
+//    patch tiles);
 //  - Philox sketches are identical across runs and thread counts, and whole runs are bit-identical
 //    for 1 and 2 threads.
 import t from 'tap';
@@ -139,7 +140,8 @@ function patchCovariance(
 
 t.test('patch-free conv sketch equals the patch-matrix formula', async (t) => {
   const cases: Array<{ name: string; shape: number[]; k: [number, number]; s: [number, number]; d: [number, number]; pad: 'same' | 'valid'; bias: boolean; outC: number; rank: number }> = [
-    { name: '3x3 same s1 (kernel-row views)', shape: [2, 7, 6, 3], k: [3, 3], s: [1, 1], d: [1, 1], pad: 'same', bias: true, outC: 4, rank: 5 },
+    { name: '3x3 same s1 (patch tiles)', shape: [2, 7, 6, 3], k: [3, 3], s: [1, 1], d: [1, 1], pad: 'same', bias: true, outC: 4, rank: 5 },
+    { name: '3x3 same s1 16 channels (patch tiles)', shape: [2, 6, 7, 16], k: [3, 3], s: [1, 1], d: [1, 1], pad: 'same', bias: true, outC: 4, rank: 6 },
     { name: '3x3 same s1 wide rows (all-taps path)', shape: [2, 5, 5, 48], k: [3, 3], s: [1, 1], d: [1, 1], pad: 'same', bias: false, outC: 4, rank: 6 },
     { name: '3x3 valid s2', shape: [3, 9, 8, 2], k: [3, 3], s: [2, 2], d: [1, 1], pad: 'valid', bias: true, outC: 3, rank: 4 },
     { name: '3x3 same s2 asymmetric pad', shape: [2, 10, 10, 2], k: [3, 3], s: [2, 2], d: [1, 1], pad: 'same', bias: true, outC: 3, rank: 4 },
@@ -315,7 +317,7 @@ t.test('results depend on the values only, not on where the arrays lie', async (
   const layers = [
     { name: 'dense', add: (o: NysAct) => o.addDense('dense', { inFeatures: 1568, outFeatures: 16, rank: 20 }), shape: [128, 1568], w: 1568 * 16, b: 16 },
     { name: 'tiles', add: (o: NysAct) => o.addConv2d('tiles', { kernelSize: 3, inChannels: 1, outChannels: 8, padding: 'same' }), shape: [6, 12, 12, 1], w: 9 * 8, b: 8 },
-    { name: 'views', add: (o: NysAct) => o.addConv2d('views', { kernelSize: 3, inChannels: 16, outChannels: 8, padding: 'same', strides: 2 }), shape: [4, 10, 10, 16], w: 144 * 8, b: 8 },
+    { name: 'strided', add: (o: NysAct) => o.addConv2d('strided', { kernelSize: 3, inChannels: 16, outChannels: 8, padding: 'same', strides: 2 }), shape: [4, 10, 10, 16], w: 144 * 8, b: 8 },
     { name: 'inplace', add: (o: NysAct) => o.addConv2d('inplace', { kernelSize: 3, inChannels: 8, outChannels: 8 }), shape: [4, 9, 9, 8], w: 72 * 8, b: 8 },
     { name: 'taps', add: (o: NysAct) => o.addConv2d('taps', { kernelSize: 3, inChannels: 48, outChannels: 8 }), shape: [3, 7, 7, 48], w: 432 * 8, b: 8 },
   ];

@@ -12,7 +12,6 @@ namespace cpu {
 namespace {
 
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstStridedRows = Eigen::Map<const RowMatrixF, 0, Eigen::OuterStride<>>;
 using ConstRows = Eigen::Map<const RowMatrixF>;
 using MutableRows = Eigen::Map<RowMatrixF>;
 
@@ -85,21 +84,16 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
   // stays in L2), so imagesPerPass is 1.
   const bool unitStride = sh == 1 && sw == 1;
   const int64_t gridRows = (g.outH - 1) * wp + g.outW;
-  // Measured on ResNet-32 shapes (bench/core.js): with unit strides, batching all kh·kw taps into
-  // one product each way wins once a kernel row is wide (kw·ch >= 128); below that, one strided
-  // view per kernel row (kw·ch contiguous floats when dw == 1) is faster.
+  // Two ways, both measured on ResNet-32 and ResNet-50 shapes (nysact bench):
+  //  - allTaps: with unit strides and wide kernel rows (kw·ch >= 128), every kh·kw tap in one
+  //    product each way over the padded image (fastest there: 3×3 convs with 64+ channels);
+  //  - patch tiles otherwise: the patches of up to 4096 output positions of one image gathered into
+  //    a small tile (at most 4096 × p0 floats, never the whole patch matrix) and multiplied with
+  //    inner dimension p0.  They replaced one strided view per kernel row, which ran narrow rows
+  //    (1-3 channels) at a few GFLOP/s, computed the junk rows of a strided grid (stride 2: tiles
+  //    1.3-2x faster), and was 4-10% slower than tiles on the remaining unit-stride shapes.
   const bool allTaps = unitStride && kw * ch >= 128;
-  // Narrow kernel rows (kw·ch < 24: first layers with 1-3 input channels) make every strided-view
-  // product an inner dimension of a few floats, which Eigen runs at a few GFLOP/s (measured: a 3×3
-  // conv on 1 channel, 28×28, batch 128 at 5.6 GFLOP/s). There the patches of up to 4096 output
-  // positions of one image are gathered into a small tile (at most 4096 × p0 floats, never the
-  // whole patch matrix) and multiplied with inner dimension p0 instead.  Strided convs use the same
-  // tiles: their strided views would cover every input pixel of the grid, half of them or more junk
-  // rows (measured on ResNet-32/50 stride-2 shapes: tiles 1.3-2x faster than the views).
-  const bool patchTiles = !allTaps && (kw * ch < 24 || !unitStride);
   const int64_t taps = kh * kw;
-  const int64_t tapsPerView = dw == 1 ? kw : 1;
-  const int64_t viewCols = tapsPerView * ch;
   std::vector<int64_t> tapOffset(static_cast<size_t>(taps));
   for (int64_t a = 0; a < kh; ++a)
     for (int64_t bb = 0; bb < kw; ++bb) tapOffset[a * kw + bb] = a * dh * wp + bb * dw;
@@ -143,18 +137,18 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
     const int64_t b1 = std::min(input.batch, b0 + perChunk);
     if (b1 <= b0) continue;
     MutableRows part(partials.data() + c * size, p, k);
-    // Images handled by one pass: the whole chunk with unit strides, else one image.
-    const int64_t imagesPerPass = 1;
+    const int64_t imagesPerPass = 1;  // see above
     const int64_t rows = (imagesPerPass - 1) * pixels + gridRows;
     std::vector<float> padded(inPlace ? 0 : static_cast<size_t>(imagesPerPass * pixels * ch));
-    RowMatrixF z(patchTiles ? 0 : rows, k), t, zShift;  // z: the view paths only
+    RowMatrixF z, t, zShift;  // the all-taps path's
     if (allTaps) {
+      z.resize(rows, k);
       t.resize(imagesPerPass * pixels, taps * k);
       zShift.resize(imagesPerPass * pixels, taps * k);
     }
     RowMatrixF cAll = allTaps ? RowMatrixF::Zero(ch, taps * k) : RowMatrixF();
     RowMatrixF tile, zTile;
-    if (patchTiles) {
+    if (!allTaps) {
       tile.resize(std::min(kTileRows, perImage), p0);
       zTile.resize(std::min(kTileRows, perImage), k);
     }
@@ -190,9 +184,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
         for (int64_t tap = 0; tap < taps; ++tap) zShift.block(tapOffset[tap], tap * k, rows, k) = z;
         cAll.noalias() += image2d.transpose() * zShift;
         if (spec.bias) part.row(p0) += z.colwise().sum();
-        continue;
-      }
-      if (patchTiles) {
+      } else {
         const ConstRows sTop(sketch, p0, k);
         for (int64_t pos0 = 0; pos0 < perImage; pos0 += kTileRows) {
           const int64_t m = std::min(kTileRows, perImage - pos0);
@@ -214,22 +206,7 @@ void sketchCovarianceConv(const float* x, const LayerSpec& spec, const ConvInput
           part.topRows(p0).noalias() += tm.transpose() * zm;
           if (spec.bias) part.row(p0) += zm.colwise().sum();
         }
-        continue;
       }
-      // One strided view per kernel row (unit strides: consecutive grid rows are consecutive pixels).
-      auto view = [&](int64_t a, int64_t bb) {
-        const int64_t offset = a * dh * wp + bb * dw;
-        return ConstStridedRows(source + offset * ch, rows, viewCols, Eigen::OuterStride<>(ch));
-      };
-      initialiseZ(z);
-      for (int64_t a = 0; a < kh; ++a)
-        for (int64_t bb = 0; bb < kw; bb += tapsPerView)
-          z.noalias() += view(a, bb) * ConstRows(sketch + (a * kw + bb) * ch * k, viewCols, k);
-      zeroJunkRows(z);
-      for (int64_t a = 0; a < kh; ++a)
-        for (int64_t bb = 0; bb < kw; bb += tapsPerView)
-          part.middleRows((a * kw + bb) * ch, viewCols).noalias() += view(a, bb).transpose() * z;
-      if (spec.bias) part.row(p0) += z.colwise().sum();
     }
     if (allTaps) {
       for (int64_t tap = 0; tap < taps; ++tap) part.middleRows(tap * ch, ch) += cAll.middleCols(tap * k, k);

@@ -10,7 +10,10 @@
 // bit-identical; pending covariance, EMA, momentum and weights within stated relative bounds; λ̂
 // within 1e-3·(1 + max λ̂); factor statuses, counters and state round trips equal.  On CUDA each
 // case also runs with the weights and gradients resident on the device (Backend::allocate, Device)
-// and in page-locked host memory (PinnedHost): both must give the host-array path's bits exactly.
+// and in page-locked host memory (PinnedHost), its activations in the same memory (device: read in
+// place by the sketch): both must give the host-array path's bits exactly (pending covariance after
+// every statistics call, and the weights after every step), and a non-finite resident activation
+// must be refused with the pending statistics kept.
 // CUDA layers rebuild their factors through Backend::nystromFactorsBatch (the batched path); a
 // batch parity check rebuilds several layers together on the CPU, on CUDA's batched path and on its
 // per-layer path (NYSACT_CUDA_FACTORS=per-layer).
@@ -363,6 +366,7 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     resident.push_back(std::make_unique<ResidentRun>(*b, s, MemoryKind::PinnedHost, wa, ba));
   }
   bool residentIdentical = true;
+  bool residentActivationsIdentical = true;  // pending C from resident activations == host input, bit for bit
 
   for (int t = 0; t < c.steps; ++t) {
     if (!plain && t % c.tcov == 0) {
@@ -407,8 +411,25 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
                 "pending statistics kept after a refused call");
         }
         lb->commitStatistics(c.statDecay);
+        // The resident runs observe activations in their own memory kind (device: read in place;
+        // page-locked: an asynchronous copy): the same values, so the same bits as the host input.
         for (auto& run : resident) {
-          check(r, failures, observe(*run->layer), "sketch accepted (resident)");
+          BackendArray xr(*b, run->weight.kind(), x);
+          auto observeResident = [&] {
+            return s.kind == LayerKind::Dense ? run->layer->sketchCovarianceDense(xr.data(), c.batch, sketch, xr.kind())
+                                              : run->layer->sketchCovarianceConv(xr.data(), in, sketch, xr.kind());
+          };
+          check(r, failures, observeResident(), "sketch accepted (resident activations)");
+          std::vector<float> cr(cb.size());
+          run->layer->readPendingCovariance(cr.data());
+          residentActivationsIdentical = residentActivationsIdentical && bitwiseEqual(cr, cb);
+          if (t == 0) {
+            std::vector<float> bad = x;
+            bad[bad.size() / 3] = -INFINITY;
+            xr.upload(bad);
+            check(r, failures, !observeResident() && run->layer->hasPendingStatistics(),
+                  "non-finite resident activations refused, pending statistics kept");
+          }
           run->layer->commitStatistics(c.statDecay);
         }
       }
@@ -475,6 +496,8 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     check(r, failures, philoxIdentical, "Philox sketches bit-identical");
     check(r, failures, statusesEqual, "factor statuses equal");
     check(r, failures, residentIdentical, "device-resident and page-locked weights bit-identical to host arrays on CUDA");
+    check(r, failures, residentActivationsIdentical,
+          "statistics from device-resident and page-locked activations bit-identical to host activations on CUDA");
     check(r, failures, sa.emaSteps == sb.emaSteps && sa.decayProduct == sb.decayProduct && sa.hasFactors == sb.hasFactors &&
                            sa.factorFallbacks == sb.factorFallbacks && sa.inverseDamping == sb.inverseDamping,
           "counters equal");
@@ -492,6 +515,7 @@ CaseResult runCase(const Case& c, Backend& a, Backend* b) {
     r.json.number("weights", worstW).number("covariance", worstC).number("ema", emaError).number("momentum", momentumError)
         .number("lambdaHat", worstLambda).boolean("philoxIdentical", philoxIdentical).boolean("statusesEqual", statusesEqual)
         .boolean("residentIdentical", residentIdentical)
+        .boolean("residentActivationsIdentical", residentActivationsIdentical)
         .number("stateBytesCuda", static_cast<double>(lb->stateBytes()));
   }
   r.seconds = seconds() - t0;

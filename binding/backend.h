@@ -20,7 +20,7 @@
 
 namespace nysact {
 
-inline constexpr int kBackendInterfaceVersion = 2;
+inline constexpr int kBackendInterfaceVersion = 3;
 
 // Every error a backend raises. `code` is stable and reaches JS unchanged.
 class Error : public std::runtime_error {
@@ -164,10 +164,16 @@ class Layer {
   virtual const LayerSpec& spec() const = 0;
 
   // SPEC §1 step 1, first half: computes C = Xᵀ(X S)/n for this statistics step into a pending
-  // slot, together with its sketch.  The EMA is not touched.  Returns false (pending slot left
-  // empty) if the activations contain a non-finite value.
-  virtual bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) = 0;
-  virtual bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) = 0;
+  // slot, together with its sketch.  The EMA is not touched.  Returns false (an earlier pending
+  // result left as it was) if the activations contain a non-finite value.  `xMemory` says where x
+  // lives (the typed-array path passes Host; JS tensors pass their kind): device memory is read in
+  // place, page-locked host memory may be copied asynchronously.  Throws
+  // ERR_NYSACT_INVALID_ARGUMENT (nothing changed) for a memory kind the backend cannot read.
+  // Overriders repeat the default, so that calls read the same through any static type.
+  virtual bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch,
+                                     MemoryKind xMemory = MemoryKind::Host) = 0;
+  virtual bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch,
+                                    MemoryKind xMemory = MemoryKind::Host) = 0;
   virtual bool hasPendingStatistics() const = 0;
   virtual void discardPendingStatistics() = 0;
   // Pending C (p x r) for data-parallel averaging: read it, all-reduce it, write it back.

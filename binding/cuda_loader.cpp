@@ -166,17 +166,21 @@ class CudaLayerAdapter final : public Layer {
 
   const LayerSpec& spec() const override { return spec_; }
 
-  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) override {
+  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch,
+                             MemoryKind xMemory = MemoryKind::Host) override {
     int32_t accepted = 0;
     nysact_cuda_error error{};
-    checkCuda(api_.sketchDense(handle_, x, rows, sketch.matrix, sketch.indices, &accepted, &error), error);
+    checkCuda(api_.sketchDense(handle_, x, static_cast<int32_t>(xMemory), rows, sketch.matrix, sketch.indices, &accepted,
+                               &error),
+              error);
     return accepted != 0;
   }
-  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) override {
+  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch,
+                            MemoryKind xMemory = MemoryKind::Host) override {
     int32_t accepted = 0;
     nysact_cuda_error error{};
-    checkCuda(api_.sketchConv(handle_, x, input.batch, input.height, input.width, sketch.matrix, sketch.indices,
-                              &accepted, &error),
+    checkCuda(api_.sketchConv(handle_, x, static_cast<int32_t>(xMemory), input.batch, input.height, input.width,
+                              sketch.matrix, sketch.indices, &accepted, &error),
               error);
     return accepted != 0;
   }

@@ -245,22 +245,25 @@ void nysact_cuda_layer_destroy(nysact_cuda_layer* handle) {
   delete handle;
 }
 
-int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* handle, const float* x, int64_t rows, const float* sketch_matrix,
-                                 const int32_t* sketch_indices, int32_t* accepted, nysact_cuda_error* error) {
+int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* handle, const float* x, int32_t x_memory, int64_t rows,
+                                 const float* sketch_matrix, const int32_t* sketch_indices, int32_t* accepted,
+                                 nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {
-    *accepted = l.sketchCovarianceDense(x, rows, toSketch(sketch_matrix, sketch_indices)) ? 1 : 0;
+    const MemoryKind kind = memoryKind(x_memory);
+    *accepted = l.sketchCovarianceDense(x, rows, toSketch(sketch_matrix, sketch_indices), kind) ? 1 : 0;
   });
 }
 
-int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* handle, const float* x, int64_t batch, int64_t height, int64_t width,
-                                const float* sketch_matrix, const int32_t* sketch_indices, int32_t* accepted,
-                                nysact_cuda_error* error) {
+int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* handle, const float* x, int32_t x_memory, int64_t batch,
+                                int64_t height, int64_t width, const float* sketch_matrix,
+                                const int32_t* sketch_indices, int32_t* accepted, nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {
+    const MemoryKind kind = memoryKind(x_memory);
     ConvInput in;
     in.batch = batch;
     in.height = height;
     in.width = width;
-    *accepted = l.sketchCovarianceConv(x, in, toSketch(sketch_matrix, sketch_indices)) ? 1 : 0;
+    *accepted = l.sketchCovarianceConv(x, in, toSketch(sketch_matrix, sketch_indices), kind) ? 1 : 0;
   });
 }
 

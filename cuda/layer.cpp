@@ -100,7 +100,7 @@ void CudaLayer::prepareSketch(const SketchInput& in) {
   }
 }
 
-bool CudaLayer::runSketch(const float* x, int64_t rows, const ConvInput* conv, bool deviceResident) {
+bool CudaLayer::runSketch(const float* x, MemoryKind xMemory, int64_t rows, const ConvInput* conv) {
   candidateCovariance_.resize(static_cast<size_t>(p_ * k_));
   SketchOperand operand;
   if (!spec_.fullCovariance()) {
@@ -112,10 +112,13 @@ bool CudaLayer::runSketch(const float* x, int64_t rows, const ConvInput* conv, b
   }
   bool ok;
   if (conv == nullptr) {
-    ok = cuda::sketchCovarianceDense(ctx_, x, rows, spec_.fanIn, spec_.bias, operand, k_, candidateCovariance_.data());
+    ok = cuda::sketchCovarianceDense(ctx_, x, xMemory, rows, spec_.fanIn, spec_.bias, operand, k_,
+                                     candidateCovariance_.data());
   } else {
+    // Device input: the tile gather reads the caller's tensor in place.  Host input is staged
+    // (pinned memory: an asynchronous copy on the stream; pageable: the runtime's staging).
     const float* deviceX = x;
-    if (!deviceResident) {
+    if (xMemory != MemoryKind::Device) {
       const size_t bytes = static_cast<size_t>(conv->batch * conv->height * conv->width * spec_.inChannels) * sizeof(float);
       float* staged = reinterpret_cast<float*>(ctx_.staging(bytes));
       copyToDevice(ctx_, staged, x, bytes);
@@ -136,23 +139,24 @@ bool CudaLayer::runSketch(const float* x, int64_t rows, const ConvInput* conv, b
   return true;
 }
 
-bool CudaLayer::sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) {
+bool CudaLayer::sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch, MemoryKind xMemory) {
   requirePreconditioned("sketchCovarianceDense");
   prepareSketch(sketch);
-  return runSketch(x, rows, nullptr, false);
+  return runSketch(x, xMemory, rows, nullptr);
 }
 
-bool CudaLayer::sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) {
+bool CudaLayer::sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch,
+                                     MemoryKind xMemory) {
   requirePreconditioned("sketchCovarianceConv");
   if (spec_.kind != LayerKind::Conv2d) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "sketchCovarianceConv needs a conv2d layer");
   prepareSketch(sketch);
-  return runSketch(x, 0, &input, false);
+  return runSketch(x, xMemory, 0, &input);
 }
 
 bool CudaLayer::sketchResident(const float* deviceX, int64_t rows, const ConvInput* conv) {
   requirePreconditioned("sketchResident");
   prepareSketch(SketchInput{});
-  return runSketch(deviceX, rows, conv, true);
+  return runSketch(deviceX, MemoryKind::Device, rows, conv);
 }
 
 void CudaLayer::discardPendingStatistics() { hasPending_ = false; }

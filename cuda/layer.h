@@ -5,8 +5,8 @@
 // gradients arrive as host pointers (the binding's API: tfjs and the framework-free optimizer own
 // Float32Arrays): each step copies G, θ (and the bias pair) to the device, runs the fused kernel
 // and copies θ back — three transfers of the weight per step over PCIe, the simplest correct
-// scheme for a host-pointer API.  A device-tensor API (weights resident on the GPU) would remove
-// them (cuda/README.md, "Not yet done").
+// scheme for a host-pointer API.  Operands and activations in device memory (JS DeviceTensors)
+// are used in place instead: no transfer at all (cuda/README.md, "Residency").
 #pragma once
 
 #include <cstdint>
@@ -27,8 +27,10 @@ class CudaLayer {
   const LayerSpec& spec() const { return spec_; }
   Context& context() const { return ctx_; }
 
-  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch);
-  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch);
+  // x in memory of kind xMemory: device activations are read in place (no host-to-device copy),
+  // pinned ones copied asynchronously on the stream, pageable ones through the runtime's staging.
+  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch, MemoryKind xMemory);
+  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch, MemoryKind xMemory);
   bool hasPendingStatistics() const { return hasPending_; }
   void discardPendingStatistics();
   void readPendingCovariance(float* out) const;
@@ -55,7 +57,7 @@ class CudaLayer {
   void requirePending() const;
   // The pending-sketch candidate for this statistics step (device / host indices).
   void prepareSketch(const SketchInput& in);
-  bool runSketch(const float* x, int64_t rows, const ConvInput* conv, bool deviceResident);
+  bool runSketch(const float* x, MemoryKind xMemory, int64_t rows, const ConvInput* conv);
   // The inputs of a rebuild; false (report filled) when there is nothing to factorise yet.
   bool factorInput(double damping, NystromVariant variant, NystromDeviceInput& in, FactorReport& report) const;
   // The bookkeeping after a rebuild whose U and coefficients (if ok) are already in place:

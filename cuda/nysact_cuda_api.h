@@ -8,8 +8,8 @@
  * handles as nysact::Layer.
  *
  * Array arguments are in host memory, in the layouts of binding/backend.h, except where a memory kind
- * says otherwise (nysact_cuda_step_operands, nysact_cuda_copy, nysact_cuda_fill,
- * nysact_cuda_all_finite): then NYSACT_CUDA_MEMORY_PINNED means page-locked host memory from
+ * says otherwise (nysact_cuda_step_operands, nysact_cuda_sketch_dense / _conv, nysact_cuda_copy,
+ * nysact_cuda_fill, nysact_cuda_all_finite): then NYSACT_CUDA_MEMORY_PINNED means page-locked host memory from
  * nysact_cuda_alloc, NYSACT_CUDA_MEMORY_DEVICE device memory from nysact_cuda_alloc (or any device
  * pointer of the library's device).
  * The entry points of one process are serialised by a per-device lock inside the library. */
@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define NYSACT_CUDA_ABI_VERSION 3
+#define NYSACT_CUDA_ABI_VERSION 4
 
 #if defined(NYSACT_CUDA_BUILDING_LIBRARY)
 #define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
@@ -124,15 +124,19 @@ NYSACT_CUDA_EXPORT int32_t nysact_cuda_layer_create(const nysact_cuda_layer_spec
                                                     nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT void nysact_cuda_layer_destroy(nysact_cuda_layer* layer);
 
-/* sketch_matrix (p*r floats) or sketch_indices (r ints) or both null (Philox).  *accepted = 0 when
- * the activations hold a non-finite value (nothing stored). */
-NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* layer, const float* x, int64_t rows,
-                                                    const float* sketch_matrix, const int32_t* sketch_indices,
-                                                    int32_t* accepted, nysact_cuda_error* error);
-NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* layer, const float* x, int64_t batch,
-                                                   int64_t height, int64_t width, const float* sketch_matrix,
-                                                   const int32_t* sketch_indices, int32_t* accepted,
-                                                   nysact_cuda_error* error);
+/* x in memory of kind x_memory (NYSACT_CUDA_MEMORY_*): device activations are read in place (no
+ * copy; the conv tile gather reads them directly), pinned ones are copied asynchronously on the
+ * context stream, pageable ones through the runtime's staging.  sketch_matrix (p*r floats) or
+ * sketch_indices (r ints) or both null (Philox); these two are host memory.  *accepted = 0 when the
+ * activations hold a non-finite value (nothing stored; an earlier pending result stays). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_dense(nysact_cuda_layer* layer, const float* x, int32_t x_memory,
+                                                    int64_t rows, const float* sketch_matrix,
+                                                    const int32_t* sketch_indices, int32_t* accepted,
+                                                    nysact_cuda_error* error);
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_sketch_conv(nysact_cuda_layer* layer, const float* x, int32_t x_memory,
+                                                   int64_t batch, int64_t height, int64_t width,
+                                                   const float* sketch_matrix, const int32_t* sketch_indices,
+                                                   int32_t* accepted, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_has_pending(nysact_cuda_layer* layer, int32_t* out, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_discard_pending(nysact_cuda_layer* layer, nysact_cuda_error* error);
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_read_pending(nysact_cuda_layer* layer, float* out, nysact_cuda_error* error);

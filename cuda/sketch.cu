@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdint>
 
 #include "launch.cuh"
 #include "sketch.cuh"
@@ -140,25 +141,32 @@ TileBuffers tileBuffers(Context& ctx, int64_t tileRows, int64_t p, int64_t k) {
 
 }  // namespace
 
-bool sketchCovarianceDense(Context& ctx, const float* hostX, int64_t rows, int64_t p0, bool bias,
+bool sketchCovarianceDense(Context& ctx, const float* x, MemoryKind xMemory, int64_t rows, int64_t p0, bool bias,
                            const SketchOperand& sketch, int64_t k, float* covariance) {
   const int64_t p = p0 + (bias ? 1 : 0);
   const int64_t tileRows = rowsPerTile(ctx, rows, p, k);
   const TileBuffers b = tileBuffers(ctx, tileRows, p, k);
+  const bool device = xMemory == MemoryKind::Device;
   ctx.resetFlag();
   for (int64_t r0 = 0; r0 < rows; r0 += tileRows) {
     const int64_t m = std::min(tileRows, rows - r0);
-    // Rows of p0 floats (host, or device for the benchmarks: cudaMemcpyDefault) into tile rows of
-    // pitch p, the last column left for the ones.
-    NYSACT_CUDA_CHECK(cudaMemcpy2DAsync(b.tile, static_cast<size_t>(p) * sizeof(float), hostX + r0 * p0,
-                                        static_cast<size_t>(p0) * sizeof(float), static_cast<size_t>(p0) * sizeof(float),
-                                        static_cast<size_t>(m), cudaMemcpyDefault, ctx.stream()));
-    if (bias) {
-      setColumnKernel<<<blocksFor(m), kThreads, 0, ctx.stream()>>>(b.tile, m, p, p0, 1.0f);
-      NYSACT_CUDA_CHECK_LAUNCH();
+    const float* rowsX = x + r0 * p0;
+    const float* tile = b.tile;
+    if (device && !bias && reinterpret_cast<uintptr_t>(rowsX) % 256 == 0) {
+      tile = rowsX;  // the caller's rows are the tile (pitch p == p0): no copy at all
+    } else {
+      // Rows of p0 floats (host, pinned or device: cudaMemcpyDefault) into tile rows of pitch p, the
+      // last column left for the ones.
+      NYSACT_CUDA_CHECK(cudaMemcpy2DAsync(b.tile, static_cast<size_t>(p) * sizeof(float), rowsX,
+                                          static_cast<size_t>(p0) * sizeof(float), static_cast<size_t>(p0) * sizeof(float),
+                                          static_cast<size_t>(m), cudaMemcpyDefault, ctx.stream()));
+      if (bias) {
+        setColumnKernel<<<blocksFor(m), kThreads, 0, ctx.stream()>>>(b.tile, m, p, p0, 1.0f);
+        NYSACT_CUDA_CHECK_LAUNCH();
+      }
     }
-    launchFiniteCheck(ctx, b.tile, m * p);
-    tileProducts(ctx, b.tile, m, p, sketch, k, b.z, b.part, b.sum, r0 == 0);
+    launchFiniteCheck(ctx, tile, m * p);
+    tileProducts(ctx, tile, m, p, sketch, k, b.z, b.part, b.sum, r0 == 0);
   }
   if (ctx.readFlag()) return false;
   finishKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(b.sum, p * k, static_cast<double>(rows), covariance);

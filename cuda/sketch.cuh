@@ -29,12 +29,18 @@ struct SketchOperand {
   const int32_t* indices = nullptr; // k subcolumn indices (device), or neither: full covariance (k == p)
 };
 
-// covariance (device, p x k row-major) = X̃ᵀ (X̃ S) / rows for dense activations x (host, rows x p0).
-// Returns false, leaving covariance untouched, if x holds a non-finite value.
-bool sketchCovarianceDense(Context& ctx, const float* hostX, int64_t rows, int64_t p0, bool bias,
+// covariance (device, p x k row-major) = X̃ᵀ (X̃ S) / rows for dense activations x (rows x p0) in
+// memory of kind xMemory.  Host and pinned rows are copied into the tile (pinned: asynchronously).
+// Device rows are read in place as the tile when the layer has no bias and the tile's rows start
+// on the scratch arena's 256-byte alignment (so cuBLAS sees operands of the same alignment as a
+// staged tile, and the products are those of the host path); otherwise they are copied into the
+// tile on the device (device to device, never through the host).  Returns false, leaving
+// covariance untouched, if x holds a non-finite value.
+bool sketchCovarianceDense(Context& ctx, const float* x, MemoryKind xMemory, int64_t rows, int64_t p0, bool bias,
                            const SketchOperand& sketch, int64_t k, float* covariance);
 
-// The same for a conv layer whose NHWC input is already on the device (deviceX).
+// The same for a conv layer whose NHWC input is already on the device (deviceX: the caller's
+// device tensor, read in place by the tile gather, or the host input staged by CudaLayer).
 bool sketchCovarianceConv(Context& ctx, const float* deviceX, const LayerSpec& spec, const ConvInput& input,
                           const SketchOperand& sketch, int64_t k, float* covariance);
 

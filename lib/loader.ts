@@ -9,7 +9,7 @@ import { ErrorCodes, NysActError } from './errors.js';
 import type { NativeBinding } from './native.js';
 
 /** The native interface version this JavaScript code is written against (`lib/native.ts`). */
-export const NATIVE_INTERFACE_VERSION = 2;
+export const NATIVE_INTERFACE_VERSION = 3;
 
 let cached: NativeBinding | undefined;
 

@@ -73,11 +73,14 @@ export interface NativeConvGeometry {
 }
 
 export interface NativeLayer {
-  /** Dense: x is rows x fanIn row-major. Returns false if x holds a non-finite value (nothing stored). */
-  sketchCovarianceDense(x: Float32Array, rows: number, sketch: Float32Array | Int32Array | null): boolean;
-  /** Conv: x is NHWC [batch, height, width, inChannels]. Returns false on non-finite input. */
+  /**
+   * Dense: x is rows x fanIn row-major, a typed array or a tensor of the layer's backend (read where
+   * it lives). Returns false if x holds a non-finite value (nothing stored).
+   */
+  sketchCovarianceDense(x: NativeOperand, rows: number, sketch: Float32Array | Int32Array | null): boolean;
+  /** Conv: x is NHWC [batch, height, width, inChannels] (as for dense). Returns false on non-finite input. */
   sketchCovarianceConv(
-    x: Float32Array,
+    x: NativeOperand,
     batch: number,
     height: number,
     width: number,

@@ -384,17 +384,25 @@ export class NysAct {
    * computes C = Xᵀ(X S)/n for the layer (SPEC §1 step 1) into a pending slot that the next
    * {@link step} commits. Observing a layer again in the same step replaces its pending statistics.
    *
+   * `activations` is a `Float32Array` (any, or one from {@link hostBuffer}: page-locked on CUDA, so
+   * the copy to the device is asynchronous) or a {@link DeviceTensor} of this optimizer's backend
+   * (on CUDA read in place on the device: no host↔device copy). Either is read during the call
+   * only; the values, the statistics and the errors are the same for both.
+   *
    * @param name a dense or conv2d layer
    * @param activations the layer input, row-major: dense `[n, inFeatures]` or
-   *   `[batch, tokens, inFeatures]`; conv NHWC `[batch, height, width, inChannels]`
+   *   `[batch, tokens, inFeatures]`; conv NHWC `[batch, height, width, inChannels]`; of exactly
+   *   the product of `shape` elements
    * @param shape the shape of `activations`
    * @param options an explicit sketch (see {@link ObserveOptions})
-   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad arguments.
+   * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for bad arguments (including a
+   *   tensor of another backend, or of the wrong length).
    * @throws {NysActError} `ERR_NYSACT_INVALID_ARGUMENT` when not on a statistics step;
-   *   `ERR_NYSACT_NON_FINITE` for NaN/Infinity in `activations` with `nonFinite: 'throw'` (with
-   *   `'skip'` the next step is skipped instead).
+   *   `ERR_NYSACT_DISPOSED` for a disposed tensor; `ERR_NYSACT_BUSY` for a tensor in use by an
+   *   asynchronous step in flight; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in `activations` with
+   *   `nonFinite: 'throw'` (with `'skip'` the next step is skipped instead).
    */
-  observe(name: string, activations: Float32Array, shape: readonly number[], options?: ObserveOptions): void {
+  observe(name: string, activations: StepArray, shape: readonly number[], options?: ObserveOptions): void {
     this.#checkUsable('observe()');
     const rec = this.#preconditioned(name);
     if (!this.needsActivations) {
@@ -403,13 +411,15 @@ export class NysAct {
           `iteration ${this.#iteration} is not one (tcov ${this.#options.tcov}), so observe(${JSON.stringify(name)}) is not allowed now`,
       );
     }
-    const data = assertFloat32Array(activations, 'activations');
+    const input = this.#activations(activations);
     const dims = this.#checkShape(rec, shape);
     const count = dims.reduce((a, b) => a * b, 1);
-    if (data.length !== count) {
-      throw invalidRange(`a Float32Array of length ${count} (the product of shape [${dims.join(', ')}])`, 'activations', data);
+    if (input.length !== count) {
+      const kind = activations instanceof DeviceTensor ? 'DeviceTensor' : 'Float32Array';
+      throw invalidRange(`a ${kind} of length ${count} (the product of shape [${dims.join(', ')}])`, 'activations', activations);
     }
     const sketch = this.#checkSketch(rec, options);
+    const data = input.data;
 
     // The native call scans for NaN/Infinity before touching anything: false leaves the layer's
     // pending statistics as they were.
@@ -425,6 +435,26 @@ export class NysAct {
       return;
     }
     this.#nonFiniteActivations.delete(rec.name);
+  }
+
+  // The activations of observe(): a Float32Array, or a usable DeviceTensor of this optimizer's
+  // backend (its length is checked against the shape by the caller).
+  #activations(value: unknown): { data: NativeOperand; length: number } {
+    if (value instanceof DeviceTensor) {
+      const state = tensorInternals(value);
+      if (state.native.isDisposed()) {
+        throw new NysActError(ErrorCodes.DISPOSED, 'Expected a live DeviceTensor for activations but received a disposed one');
+      }
+      if (value.backend !== this.#backend) {
+        throw invalidRange(`a DeviceTensor of this optimizer's backend ('${this.#backend}')`, 'activations', value);
+      }
+      if (state.busy > 0) {
+        throw new NysActError(ErrorCodes.BUSY, 'activations is a DeviceTensor in use by an asynchronous step in flight; await it first');
+      }
+      return { data: state.native, length: value.length };
+    }
+    if (!(value instanceof Float32Array)) throw invalidType('a Float32Array or DeviceTensor', 'activations', value);
+    return { data: value, length: value.length };
   }
 
   #onNonFiniteActivations(rec: LayerRecord): void {

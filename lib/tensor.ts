@@ -2,7 +2,7 @@
  * Backend memory for JS training loops: {@link DeviceTensor} (device memory on CUDA, aligned host
  * memory on the CPU) and {@link hostBuffer} (a `Float32Array` over native host memory: page-locked
  * on CUDA, 64-byte aligned on the CPU). Both are accepted by `NysAct#step` / `NysAct#stepAsync`
- * wherever a `Float32Array` is.
+ * wherever a `Float32Array` is, and by `NysAct#observe` for the activations.
  */
 import { ErrorCodes, NysActError, callNative, fromNative, invalidRange, invalidType } from './errors.js';
 import { loadNative } from './loader.js';
@@ -55,7 +55,7 @@ function resolveBackend(options: unknown): 'cpu' | 'cuda' {
 
 /**
  * A float32 array in backend memory: on the CUDA backend device memory (`cudaMalloc`), so that a
- * step reads and writes it with no host↔device copy; on the CPU backend 64-byte aligned host
+ * step (or `observe`, for activations) reads and writes it with no host↔device copy; on the CPU backend 64-byte aligned host
  * memory. Create it with {@link tensor} or `optimizer.tensor(length)`; free it with
  * {@link dispose} (a tensor that is garbage-collected undisposed is freed then).
  *

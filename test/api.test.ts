@@ -514,7 +514,7 @@ t.test('layerKey is 32-bit FNV-1a of the UTF-8 name', async (t) => {
 
 t.test('nativeInfo', async (t) => {
   const info = nativeInfo();
-  t.equal(info.interfaceVersion, 2);
+  t.equal(info.interfaceVersion, 3);
   t.type(info.version, 'string');
   t.ok(info.threads >= 1);
   t.ok(info.backends.some((b) => b.name === 'cpu' && b.available));

@@ -90,7 +90,7 @@ t.test('info --json', async (t) => {
   t.equal(info.native.error, null);
   t.ok(info.native.path && fs.existsSync(info.native.path), 'native.path exists');
   t.ok(['build', 'prebuild', 'override'].includes(info.native.origin as string));
-  t.equal(info.native.interfaceVersion, 2);
+  t.equal(info.native.interfaceVersion, 3);
   t.ok(positiveFinite(info.native.threads));
   const cpu = info.backends.find((b) => b.name === 'cpu');
   t.ok(cpu?.available, 'cpu backend available');

@@ -394,3 +394,131 @@ t.test('CUDA: page-locked host buffers', { skip: gpuSkip }, async (t) => {
   a.dispose();
   c.dispose();
 });
+
+/** Dense layers with and without bias (64 features: the in-place tile path; 7: the copied one) and a conv layer. */
+function observeOptimizer(backend: 'cpu' | 'cuda', nonFinite: 'throw' | 'skip' = 'throw'): NysAct {
+  const opt = new NysAct({ backend, seed: 12, tcov: 2, tinv: 3, rank: 5, lr: 0.05, nonFinite });
+  opt.addConv2d('conv', { kernelSize: 3, inChannels: 2, outChannels: 4, padding: 'same', strides: 2 });
+  opt.addDense('fc', { inFeatures: 20, outFeatures: 6 });
+  opt.addDense('wide', { inFeatures: 64, outFeatures: 3, bias: false });
+  opt.addDense('odd', { inFeatures: 7, outFeatures: 2, bias: false, sketch: 'subcolumns' });
+  return opt;
+}
+const OBSERVE_LAYERS: Record<string, { weight: number; bias: number; shape: number[] }> = {
+  conv: { weight: 72, bias: 4, shape: [2, 7, 6, 2] },
+  fc: { weight: 120, bias: 6, shape: [3, 4, 20] },
+  wide: { weight: 192, bias: 0, shape: [33, 64] },
+  odd: { weight: 14, bias: 0, shape: [9, 7] },
+};
+const observeCount = (k: string): number => OBSERVE_LAYERS[k].shape.reduce((a, b) => a * b, 1);
+function observeValues(i: number): Record<string, Float32Array> {
+  const r = mulberry32(6000 + i);
+  return Object.fromEntries(Object.keys(OBSERVE_LAYERS).map((k) => [k, randomArray(r, observeCount(k))]));
+}
+function observeParams(): Record<string, { weight: Float32Array; bias?: Float32Array }> {
+  const r = mulberry32(61);
+  return Object.fromEntries(
+    Object.entries(OBSERVE_LAYERS).map(([k, l]) => [k, { weight: randomArray(r, l.weight, 0.3), ...(l.bias ? { bias: randomArray(r, l.bias, 0.1) } : {}) }]),
+  );
+}
+function observeGrads(p: ReturnType<typeof observeParams>, i: number): Record<string, LayerUpdate<StepArray>> {
+  const r = mulberry32(6500 + i);
+  return Object.fromEntries(
+    Object.entries(OBSERVE_LAYERS).map(([k, l]) => [
+      k,
+      { weight: p[k].weight, grad: randomArray(r, l.weight, 0.05), ...(p[k].bias ? { bias: p[k].bias, biasGrad: randomArray(r, l.bias, 0.05) } : {}) },
+    ]),
+  );
+}
+
+t.test('CUDA: observe from device tensors and page-locked buffers gives the bits of host arrays', { skip: gpuSkip }, async (t) => {
+  const hostRun = observeOptimizer('cuda');
+  const deviceRun = observeOptimizer('cuda');
+  const pinnedRun = observeOptimizer('cuda');
+  const cpuRun = observeOptimizer('cpu');
+  const ph = observeParams();
+  const pd = observeParams();
+  const pp = observeParams();
+  const pc = observeParams();
+  const xd: Record<string, DeviceTensor> = {};
+  const xp: Record<string, Float32Array> = {};
+  for (const k of Object.keys(OBSERVE_LAYERS)) {
+    xd[k] = deviceRun.tensor(observeCount(k));
+    xp[k] = pinnedRun.hostBuffer(observeCount(k));
+  }
+  for (let i = 0; i < 10; i++) {
+    if (hostRun.needsActivations) {
+      const x = observeValues(i);
+      for (const k of Object.keys(OBSERVE_LAYERS)) {
+        const shape = OBSERVE_LAYERS[k].shape;
+        hostRun.observe(k, x[k], shape);
+        cpuRun.observe(k, x[k], shape);
+        deviceRun.observe(k, xd[k].upload(x[k]), shape);
+        xp[k].set(x[k]);
+        pinnedRun.observe(k, xp[k], shape);
+        const c = hostRun.pendingCovariance(k);
+        t.equal(firstDifference(deviceRun.pendingCovariance(k), c), null, `step ${i} ${k}: device activations, pending C bit-identical`);
+        t.equal(firstDifference(pinnedRun.pendingCovariance(k), c), null, `step ${i} ${k}: pinned activations, pending C bit-identical`);
+      }
+    }
+    const rh = hostRun.step(observeGrads(ph, i));
+    const rd = i % 2 ? deviceRun.step(observeGrads(pd, i)) : await deviceRun.stepAsync(observeGrads(pd, i));
+    const rp = i % 2 ? await pinnedRun.stepAsync(observeGrads(pp, i)) : pinnedRun.step(observeGrads(pp, i));
+    cpuRun.step(observeGrads(pc, i));
+    t.same(rd, rh, `step ${i}: device activations, same result`);
+    t.same(rp, rh, `step ${i}: pinned activations, same result`);
+  }
+  t.equal(firstDifference(deviceRun.getState(), hostRun.getState()), null, 'device activations: state bit-identical');
+  t.equal(firstDifference(pinnedRun.getState(), hostRun.getState()), null, 'pinned activations: state bit-identical');
+  for (const k of Object.keys(OBSERVE_LAYERS)) {
+    t.equal(firstDifference(pd[k], ph[k]), null, `${k}: parameters bit-identical (device activations)`);
+    let scale = 0;
+    let diff = 0;
+    for (let j = 0; j < pc[k].weight.length; j++) {
+      scale = Math.max(scale, Math.abs(pc[k].weight[j]));
+      diff = Math.max(diff, Math.abs(pc[k].weight[j] - pd[k].weight[j]));
+    }
+    t.ok(diff / scale <= 1e-4, `${k}: within 1e-4 relative of the CPU (${(diff / scale).toExponential(2)})`);
+  }
+  for (const v of Object.values(xd)) v.dispose();
+  for (const o of [hostRun, deviceRun, pinnedRun, cpuRun]) o.dispose();
+});
+
+t.test('CUDA: bad device tensors for activations, and NaN on the device', { skip: gpuSkip }, async (t) => {
+  const opt = observeOptimizer('cuda');
+  const cpuOpt = observeOptimizer('cpu');
+  const x = observeValues(0);
+  for (const k of Object.keys(OBSERVE_LAYERS)) opt.observe(k, x[k], OBSERVE_LAYERS[k].shape);
+  const before = opt.pendingCovariance('fc');
+  const cpuTensor = tensor(observeCount('fc'), { backend: 'cpu' }).upload(x.fc);
+  const cudaTensor = tensor(observeCount('fc'), { backend: 'cuda' }).upload(x.fc);
+  t.throws(() => opt.observe('fc', cpuTensor, OBSERVE_LAYERS.fc.shape), { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /backend \('cuda'\) for activations/ });
+  t.throws(() => cpuOpt.observe('fc', cudaTensor, OBSERVE_LAYERS.fc.shape), { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /backend \('cpu'\) for activations/ });
+  const short = tensor(observeCount('fc') - 1, { backend: 'cuda' });
+  t.throws(() => opt.observe('fc', short, OBSERVE_LAYERS.fc.shape), { name: 'RangeError', code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /for activations/ });
+  const bad = x.fc.slice();
+  bad[5] = NaN;
+  t.throws(() => opt.observe('fc', cudaTensor.upload(bad), OBSERVE_LAYERS.fc.shape), { name: 'NysActError', code: 'ERR_NYSACT_NON_FINITE' }, 'NaN found on the device');
+  t.equal(firstDifference(opt.pendingCovariance('fc'), before), null, 'pending statistics untouched');
+  // The raw binding refuses a tensor of another backend too.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root) as {
+    Layer: new (spec: object, backend: string) => { sketchCovarianceDense(x: unknown, rows: number, s: null): boolean; dispose(): void };
+    Tensor: new (n: number, backend: string) => { fill(v: number): void; dispose(): void };
+  };
+  const spec = {
+    kind: 0, fanIn: 4, fanOut: 3, bias: false, rank: 2, sketch: 0, layout: 0, kernelH: 1, kernelW: 1, inChannels: 0,
+    strideH: 1, strideW: 1, dilationH: 1, dilationW: 1, padding: 0, size: 0, seedHi: 0, seedLo: 0, layerKey: 0,
+  };
+  const layer = new native.Layer(spec, 'cuda');
+  const hostTensor = new native.Tensor(8, 'cpu');
+  hostTensor.fill(1);
+  t.throws(() => layer.sketchCovarianceDense(hostTensor, 2, null), { code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /another backend/ });
+  const deviceTensor = new native.Tensor(8, 'cuda');
+  deviceTensor.fill(1);
+  t.equal(layer.sketchCovarianceDense(deviceTensor, 2, null), true, 'a device tensor is read');
+  for (const d of [hostTensor, deviceTensor, layer]) d.dispose();
+  for (const d of [cpuTensor, cudaTensor, short]) d.dispose();
+  opt.dispose();
+  cpuOpt.dispose();
+});

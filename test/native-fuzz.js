@@ -101,14 +101,23 @@ function geometry(spec) {
   return { p, r, full: spec.kind !== 2 && r === p, weight: spec.kind === 2 ? spec.size : spec.fanIn * spec.fanOut, bias: spec.bias ? spec.fanOut : 0 };
 }
 
-// A valid input for the statistics call of each kind.
+// A valid input for the statistics call of each kind: activations in a Float32Array or (sometimes)
+// in a CPU tensor of the right length.
 function validActivations(spec) {
+  const x = (n) => {
+    const values = randomFloats(n);
+    if (chance(0.7)) return values;
+    const t = new native.Tensor(n, 'cpu');
+    t.upload(values, 0);
+    tensors.push(t);
+    return t;
+  };
   if (spec.kind === 0) {
     const rows = 1 + int(6);
-    return { args: [randomFloats(rows * spec.fanIn), rows], method: 'sketchCovarianceDense' };
+    return { args: [x(rows * spec.fanIn), rows], method: 'sketchCovarianceDense' };
   }
   const b = 1 + int(2), h = 3 + int(4), w = 3 + int(4);
-  return { args: [randomFloats(b * h * w * spec.inChannels), b, h, w], method: 'sketchCovarianceConv' };
+  return { args: [x(b * h * w * spec.inChannels), b, h, w], method: 'sketchCovarianceConv' };
 }
 
 function validSketch(spec) {
@@ -384,6 +393,13 @@ const categories = [
     attempt('hostBuffer', () => native.hostBuffer(...(chance(0.3) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']))));
     attempt('byteAlignment', () => native.byteAlignment(...mutateArgs([randomFloats(int(9))])));
     attempt('allFinite(tensor)', () => native.allFinite(chance(0.8) ? anyTensor() : Object.create(native.Tensor.prototype)));
+  },
+  // statistics from a tensor of any length (often wrong), possibly disposed, or a fake one
+  () => {
+    const entry = anyLayer();
+    const a = entry.spec.kind === 2 ? { args: [randomFloats(8), 2], method: 'sketchCovarianceDense' } : validActivations(entry.spec);
+    const x = chance(0.8) ? anyTensor() : Object.create(native.Tensor.prototype);
+    attempt(`layer.${a.method}(tensor)`, () => entry.layer[a.method](x, ...a.args.slice(1), null));
   },
 ];
 

@@ -167,7 +167,7 @@ export function runSuite(t: Test, tf: TF, label: string): void {
     const core = opt.core;
     const observe = core.observe.bind(core);
     core.observe = (name, activations, shape, options) => {
-      seen.push({ name, data: activations.slice(), shape: [...shape] });
+      seen.push({ name, data: (activations as Float32Array).slice(), shape: [...shape] });
       observe(name, activations, shape, options);
     };
     const { x, y } = data(tf, 8, [4, 9, 9, 2], 3);
@@ -217,7 +217,7 @@ export function runSuite(t: Test, tf: TF, label: string): void {
     const core = opt.core;
     const observe = core.observe.bind(core);
     core.observe = (name, a, shape) => {
-      if (name === (model.layers[1] as unknown as { kernel: tfjs.LayerVariable }).kernel.originalName) captured = a.slice();
+      if (name === (model.layers[1] as unknown as { kernel: tfjs.LayerVariable }).kernel.originalName) captured = (a as Float32Array).slice();
       observe(name, a, shape);
     };
     model.compile({ optimizer: opt, loss: 'categoricalCrossentropy' });

@@ -52,8 +52,11 @@ class CpuLayer final : public Layer {
 
   const LayerSpec& spec() const override { return spec_; }
 
-  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch) override {
+  // Host and page-locked host memory are the same to the CPU; it has no device memory.
+  bool sketchCovarianceDense(const float* x, int64_t rows, const SketchInput& sketch,
+                             MemoryKind xMemory = MemoryKind::Host) override {
     requirePreconditioned("sketchCovarianceDense");
+    requireHostActivations(xMemory);
     if (!cpu::allFinite(x, rows * spec_.fanIn)) return false;
     prepareSketch(sketch);
     pendingCovariance_.resize(static_cast<size_t>(p_ * k_));
@@ -62,8 +65,10 @@ class CpuLayer final : public Layer {
     return true;
   }
 
-  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch) override {
+  bool sketchCovarianceConv(const float* x, const ConvInput& input, const SketchInput& sketch,
+                            MemoryKind xMemory = MemoryKind::Host) override {
     requirePreconditioned("sketchCovarianceConv");
+    requireHostActivations(xMemory);
     if (spec_.kind != LayerKind::Conv2d) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "sketchCovarianceConv needs a conv2d layer");
     if (!cpu::allFinite(x, input.batch * input.height * input.width * spec_.inChannels)) return false;
     prepareSketch(sketch);
@@ -218,6 +223,11 @@ class CpuLayer final : public Layer {
   void requirePreconditioned(const char* what) const {
     if (spec_.kind == LayerKind::Plain) {
       throw Error("ERR_NYSACT_INVALID_ARGUMENT", std::string(what) + " is not available on a plain parameter");
+    }
+  }
+  static void requireHostActivations(MemoryKind kind) {
+    if (!isHostMemory(kind)) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "The CPU backend cannot read activations in device memory");
     }
   }
   void requirePending() const {

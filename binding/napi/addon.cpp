@@ -354,39 +354,16 @@ class LayerWrap : public Napi::ObjectWrap<LayerWrap> {
     return in;
   }
 
-  Napi::Value SketchDense(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    Layer& l = layer(env);
-    if (l.spec().kind != LayerKind::Dense) throwType(env, "sketchCovarianceDense needs a dense layer");
-    auto x = floatArg(argument(info, 0), "x");
-    const int64_t rows = integerArg(argument(info, 1), "rows", 1, int64_t{1} << 40);
-    requireLength(env, "x", x.length, checkedProduct(env, "rows * fanIn", {rows, l.spec().fanIn}));
-    std::vector<int32_t> indices;
-    const SketchInput sketch = sketchArg(argument(info, 2), indices);
-    const bool ok = l.sketchCovarianceDense(x.data, rows, sketch);
-    updateBytes();
-    return Napi::Boolean::New(env, ok);
-  }
-
-  Napi::Value SketchConv(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    Layer& l = layer(env);
-    if (l.spec().kind != LayerKind::Conv2d) throwType(env, "sketchCovarianceConv needs a conv2d layer");
-    auto x = floatArg(argument(info, 0), "x");
-    ConvInput in;
-    in.batch = integerArg(argument(info, 1), "batch", 1, int64_t{1} << 31);
-    in.height = integerArg(argument(info, 2), "height", 1, int64_t{1} << 31);
-    in.width = integerArg(argument(info, 3), "width", 1, int64_t{1} << 31);
-    requireLength(env, "x", x.length,
-                  checkedProduct(env, "batch * height * width * inChannels", {in.batch, in.height, in.width, l.spec().inChannels}));
-    const ConvGeometry g = convGeometry(l.spec(), in.height, in.width);
-    if (g.outH < 1 || g.outW < 1) throwRange(env, "The conv input is smaller than the dilated kernel: no output positions");
-    std::vector<int32_t> indices;
-    const SketchInput sketch = sketchArg(argument(info, 4), indices);
-    const bool ok = l.sketchCovarianceConv(x.data, in, sketch);
-    updateBytes();
-    return Napi::Boolean::New(env, ok);
-  }
+  // x: a Float32Array (ordinary host memory, or page-locked from hostBuffer) or a native tensor of
+  // the layer's backend (defined after TensorWrap).
+  struct Activations {
+    const float* data = nullptr;
+    size_t length = 0;
+    MemoryKind memory = MemoryKind::Host;
+  };
+  Activations activationsArg(const Napi::Value& v);
+  Napi::Value SketchDense(const Napi::CallbackInfo& info);
+  Napi::Value SketchConv(const Napi::CallbackInfo& info);
 
   Napi::Value HasPending(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), layer(info.Env()).hasPendingStatistics());
@@ -691,6 +668,64 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   int inUse_ = 0;  // asynchronous steps holding it (main-thread counter)
   InstanceData* instance_ = nullptr;
 };
+
+// Activations of an observe() call: a Float32Array, or a native tensor of the layer's backend that
+// is neither disposed nor held by an asynchronous step (checked before anything changes).
+LayerWrap::Activations LayerWrap::activationsArg(const Napi::Value& v) {
+  Napi::Env env = v.Env();
+  Activations a;
+  if (hasTypeTag(v, kTensorTag)) {
+    TensorWrap* t = TensorWrap::Unwrap(v.As<Napi::Object>());
+    a.data = t->planData(env, "x");
+    if (&t->backend() != backend_) throwRange(env, "x is a tensor of another backend than its layer's");
+    a.length = t->length();
+    a.memory = t->kind();
+    return a;
+  }
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throwType(env, "Expected a Float32Array or a native tensor for x but received " + describe(v));
+  }
+  const auto x = floatArg(v, "x");
+  a.data = x.data;
+  a.length = x.length;
+  // Page-locked buffers matter only to a backend with a device (as in step plans).
+  a.memory = backend_ == &cpuBackend() ? MemoryKind::Host : hostMemoryKind(x.data, x.length);
+  return a;
+}
+
+Napi::Value LayerWrap::SketchDense(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Layer& l = layer(env);
+  if (l.spec().kind != LayerKind::Dense) throwType(env, "sketchCovarianceDense needs a dense layer");
+  const Activations x = activationsArg(argument(info, 0));
+  const int64_t rows = integerArg(argument(info, 1), "rows", 1, int64_t{1} << 40);
+  requireLength(env, "x", x.length, checkedProduct(env, "rows * fanIn", {rows, l.spec().fanIn}));
+  std::vector<int32_t> indices;
+  const SketchInput sketch = sketchArg(argument(info, 2), indices);
+  const bool ok = l.sketchCovarianceDense(x.data, rows, sketch, x.memory);
+  updateBytes();
+  return Napi::Boolean::New(env, ok);
+}
+
+Napi::Value LayerWrap::SketchConv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Layer& l = layer(env);
+  if (l.spec().kind != LayerKind::Conv2d) throwType(env, "sketchCovarianceConv needs a conv2d layer");
+  const Activations x = activationsArg(argument(info, 0));
+  ConvInput in;
+  in.batch = integerArg(argument(info, 1), "batch", 1, int64_t{1} << 31);
+  in.height = integerArg(argument(info, 2), "height", 1, int64_t{1} << 31);
+  in.width = integerArg(argument(info, 3), "width", 1, int64_t{1} << 31);
+  requireLength(env, "x", x.length,
+                checkedProduct(env, "batch * height * width * inChannels", {in.batch, in.height, in.width, l.spec().inChannels}));
+  const ConvGeometry g = convGeometry(l.spec(), in.height, in.width);
+  if (g.outH < 1 || g.outW < 1) throwRange(env, "The conv input is smaller than the dilated kernel: no output positions");
+  std::vector<int32_t> indices;
+  const SketchInput sketch = sketchArg(argument(info, 4), indices);
+  const bool ok = l.sketchCovarianceConv(x.data, in, sketch, x.memory);
+  updateBytes();
+  return Napi::Boolean::New(env, ok);
+}
 
 // ---- host buffers ---------------------------------------------------------------------------------
 

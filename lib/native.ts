@@ -259,17 +259,9 @@ export interface NativeBinding {
 }
 
 /** Conv geometry of {@link NativeBinding.referenceIm2colSketch} (padding: 0 valid, 1 same). */
-export interface NativeReferenceConv {
+export interface NativeReferenceConv
+  extends Pick<NativeLayerSpec, 'kernelH' | 'kernelW' | 'inChannels' | 'strideH' | 'strideW' | 'dilationH' | 'dilationW' | 'padding' | 'bias'> {
   batch: number;
   height: number;
   width: number;
-  kernelH: number;
-  kernelW: number;
-  inChannels: number;
-  strideH: number;
-  strideW: number;
-  dilationH: number;
-  dilationW: number;
-  padding: 0 | 1;
-  bias: boolean;
 }

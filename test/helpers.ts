@@ -1,15 +1,8 @@
 // Shared test helpers (deterministic random data, bitwise comparison of states).
 
-export function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// The same generator as `nysact train`'s batch orders.
+import { mulberry32 } from '../dist/cjs/cli/train.js';
+export { mulberry32 };
 
 export function randomArray(rand: () => number, n: number, scale = 1): Float32Array {
   const a = new Float32Array(n);

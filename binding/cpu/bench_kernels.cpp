@@ -5,6 +5,7 @@
 // one core would understate the peak of a backend that uses all of them.  Results of these
 // functions need not be bit-reproducible across thread counts; they are baselines, not state.
 #include "bench_kernels.h"
+#include "cpu_kernels.h"
 
 #include <Eigen/Dense>
 
@@ -19,10 +20,6 @@
 namespace nysact {
 namespace cpu {
 namespace {
-
-using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstRows = Eigen::Map<const RowMatrixF>;
-using MutableRows = Eigen::Map<RowMatrixF>;
 
 int threadCount() {
 #ifdef _OPENMP

@@ -24,6 +24,11 @@ namespace cpu {
 // where the caller's arrays or earlier allocations lie (tested in test/properties.test.ts).
 using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
+// Row-major float matrices and views of callers' arrays (every CPU kernel's layout).
+using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstRows = Eigen::Map<const RowMatrixF>;
+using MutableRows = Eigen::Map<RowMatrixF>;
+
 // C (p x k, row-major) = X̃ᵀ (X̃ S) / rows, where X̃ = [x, 1] (ones column iff bias),
 // x is rows x p0 row-major and S is p x k row-major (bias row last).
 void sketchCovarianceDense(const float* x, int64_t rows, int64_t p0, bool bias, const float* sketch,

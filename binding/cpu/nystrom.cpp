@@ -1,6 +1,7 @@
 // Eigenvalue-shifted Nyström factors (SPEC §1 step 2), in double precision.  Only U (p x r) and
 // the r coefficients are kept: P = U diag(1/(λ̂+ρ)) Uᵀ + (I − U Uᵀ)/ρ is never formed.
 #include "nystrom.h"
+#include "cpu_kernels.h"
 
 #include <Eigen/Dense>
 
@@ -12,7 +13,6 @@ namespace cpu {
 namespace {
 
 using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 template <typename M>
 bool finite(const M& m) {

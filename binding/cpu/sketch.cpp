@@ -11,10 +11,6 @@ namespace nysact {
 namespace cpu {
 namespace {
 
-using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstRows = Eigen::Map<const RowMatrixF>;
-using MutableRows = Eigen::Map<RowMatrixF>;
-
 // Chunks are fixed by shape so that the reduction order never depends on the thread count.
 int64_t chunkCount(int64_t units, int64_t unitsPerChunk, int64_t maxChunks) {
   int64_t chunks = (units + unitsPerChunk - 1) / unitsPerChunk;

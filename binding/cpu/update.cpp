@@ -15,10 +15,6 @@ namespace nysact {
 namespace cpu {
 namespace {
 
-using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstRows = Eigen::Map<const RowMatrixF>;
-using MutableRows = Eigen::Map<RowMatrixF>;
-
 struct UpdateScalars {
   float lr, momentum, coupledDecay, shrink;
   bool nesterov;

@@ -11,49 +11,12 @@
 
 #include "../backend.h"
 #include "../cpu/bench_kernels.h"
+#include "args.h"
 
 namespace nysact {
 namespace {
 
-constexpr const char* kInvalid = "ERR_NYSACT_INVALID_ARGUMENT";
-
-Napi::Error coded(Napi::Error error, const char* code) {
-  error.Set("code", Napi::String::New(error.Env(), code));
-  return error;
-}
-[[noreturn]] void throwType(Napi::Env env, const std::string& message) {
-  throw coded(Napi::TypeError::New(env, message), kInvalid);
-}
-[[noreturn]] void throwRange(Napi::Env env, const std::string& message) {
-  throw coded(Napi::RangeError::New(env, message), kInvalid);
-}
-
-Napi::Value arg(const Napi::CallbackInfo& info, size_t i) {
-  return i < info.Length() ? info[i] : info.Env().Undefined();
-}
-
-int64_t integerArg(const Napi::Value& v, const std::string& name, int64_t lo, int64_t hi) {
-  if (!v.IsNumber()) throwType(v.Env(), "Expected an integer for " + name);
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!(std::floor(d) == d) || d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
-    std::ostringstream s;
-    s << "Expected an integer in [" << lo << ", " << hi << "] for " << name << " but received " << d;
-    throwRange(v.Env(), s.str());
-  }
-  return static_cast<int64_t>(d);
-}
-
-double numberArg(const Napi::Value& v, const std::string& name) {
-  if (!v.IsNumber()) throwType(v.Env(), "Expected a number for " + name);
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d)) throwRange(v.Env(), "Expected a finite number for " + name);
-  return d;
-}
-
-bool boolArg(const Napi::Value& v, const std::string& name) {
-  if (!v.IsBoolean()) throwType(v.Env(), "Expected a boolean for " + name);
-  return v.As<Napi::Boolean>().Value();
-}
+using namespace napi_args;  // binding/napi/args.h
 
 int64_t product(Napi::Env env, const std::string& name, std::initializer_list<int64_t> factors) {
   int64_t total = 1;
@@ -86,45 +49,34 @@ Napi::Float64Array toFloat64(Napi::Env env, const std::vector<double>& v) {
 
 template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
 Napi::Value translated(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  try {
-    return Fn(info);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const Error& e) {
-    throw coded(Napi::Error::New(env, e.what()), e.code().c_str());
-  } catch (const std::bad_alloc&) {
-    throw coded(Napi::RangeError::New(env, "Out of memory in the native backend"), "ERR_NYSACT_NATIVE");
-  } catch (const std::exception& e) {
-    throw coded(Napi::Error::New(env, e.what()), "ERR_NYSACT_NATIVE");
-  }
+  return translateErrors(info.Env(), [&] { return Fn(info); });
 }
 
 // probeSgemm(n, repeats) -> Float64Array of seconds per n x n x n product.
 Napi::Value ProbeSgemm(const Napi::CallbackInfo& info) {
-  const int64_t n = integerArg(arg(info, 0), "n", 16, 16384);
-  const int repeats = static_cast<int>(integerArg(arg(info, 1), "repeats", 1, 1000));
+  const int64_t n = integerArg(argument(info, 0), "n", 16, 16384);
+  const int repeats = static_cast<int>(integerArg(argument(info, 1), "repeats", 1, 1000));
   return toFloat64(info.Env(), cpu::probeSgemm(n, repeats));
 }
 
 // probeCopy(bytes, repeats) -> Float64Array of seconds per copy.
 Napi::Value ProbeCopy(const Napi::CallbackInfo& info) {
-  const int64_t bytes = integerArg(arg(info, 0), "bytes", int64_t{1} << 16, int64_t{1} << 34);
-  const int repeats = static_cast<int>(integerArg(arg(info, 1), "repeats", 1, 1000));
+  const int64_t bytes = integerArg(argument(info, 0), "bytes", int64_t{1} << 16, int64_t{1} << 34);
+  const int repeats = static_cast<int>(integerArg(argument(info, 1), "repeats", 1, 1000));
   return toFloat64(info.Env(), cpu::probeCopy(static_cast<size_t>(bytes), repeats));
 }
 
 // referenceDenseSketch(x, rows, fanIn, bias, sketch, r, out)
 Napi::Value ReferenceDenseSketch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t rows = integerArg(arg(info, 1), "rows", 1, int64_t{1} << 31);
-  const int64_t p0 = integerArg(arg(info, 2), "fanIn", 1, int64_t{1} << 31);
-  const bool bias = boolArg(arg(info, 3), "bias");
-  const int64_t r = integerArg(arg(info, 5), "r", 1, 1 << 16);
+  const int64_t rows = integerArg(argument(info, 1), "rows", 1, int64_t{1} << 31);
+  const int64_t p0 = integerArg(argument(info, 2), "fanIn", 1, int64_t{1} << 31);
+  const bool bias = boolArg(argument(info, 3), "bias");
+  const int64_t r = integerArg(argument(info, 5), "r", 1, 1 << 16);
   const int64_t p = p0 + (bias ? 1 : 0);
-  const float* x = floatsArg(arg(info, 0), "x", product(env, "rows * fanIn", {rows, p0}));
-  const float* sketch = floatsArg(arg(info, 4), "sketch", product(env, "p * r", {p, r}));
-  float* out = floatsArg(arg(info, 6), "out", p * r);
+  const float* x = floatsArg(argument(info, 0), "x", product(env, "rows * fanIn", {rows, p0}));
+  const float* sketch = floatsArg(argument(info, 4), "sketch", product(env, "p * r", {p, r}));
+  float* out = floatsArg(argument(info, 6), "out", p * r);
   product(env, "rows * p", {rows, p});
   cpu::referenceDenseSketch(x, rows, p0, bias, sketch, r, out);
   return env.Undefined();
@@ -134,11 +86,11 @@ Napi::Value ReferenceDenseSketch(const Napi::CallbackInfo& info) {
 // inChannels, strideH, strideW, dilationH, dilationW, padding (0 valid, 1 same), bias}.
 Napi::Value ReferenceIm2colSketch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const Napi::Value cv = arg(info, 1);
+  const Napi::Value cv = argument(info, 1);
   if (!cv.IsObject() || cv.IsArray() || cv.IsTypedArray()) throwType(env, "Expected an object for conv");
   const Napi::Object c = cv.As<Napi::Object>();
   auto field = [&](const char* name, int64_t lo, int64_t hi) {
-    return integerArg(c.Get(name), std::string("conv.") + name, lo, hi);
+    return integerArg(c.Get(name), (std::string("conv.") + name).c_str(), lo, hi);
   };
   ConvInput in;
   in.batch = field("batch", 1, int64_t{1} << 31);
@@ -157,16 +109,16 @@ Napi::Value ReferenceIm2colSketch(const Napi::CallbackInfo& info) {
   spec.bias = boolArg(c.Get("bias"), "conv.bias");
   spec.fanIn = product(env, "kernelH * kernelW * inChannels", {spec.kernelH, spec.kernelW, spec.inChannels});
   spec.fanOut = 1;
-  spec.rank = integerArg(arg(info, 3), "r", 1, 1 << 16);
+  spec.rank = integerArg(argument(info, 3), "r", 1, 1 << 16);
   validateLayerSpec(spec);
   const int64_t p = spec.p(), r = spec.rank;
   const ConvGeometry g = convGeometry(spec, in.height, in.width);
   if (g.outH < 1 || g.outW < 1) throwRange(env, "The conv input is smaller than the dilated kernel: no output positions");
   product(env, "patch matrix size", {in.batch, g.outH, g.outW, p});
-  const float* x = floatsArg(arg(info, 0), "x", product(env, "batch * height * width * inChannels",
+  const float* x = floatsArg(argument(info, 0), "x", product(env, "batch * height * width * inChannels",
                                                         {in.batch, in.height, in.width, spec.inChannels}));
-  const float* sketch = floatsArg(arg(info, 2), "sketch", product(env, "p * r", {p, r}));
-  float* out = floatsArg(arg(info, 4), "out", p * r);
+  const float* sketch = floatsArg(argument(info, 2), "sketch", product(env, "p * r", {p, r}));
+  float* out = floatsArg(argument(info, 4), "out", p * r);
   cpu::referenceIm2colSketch(x, spec, in, sketch, r, out);
   return env.Undefined();
 }
@@ -174,12 +126,12 @@ Napi::Value ReferenceIm2colSketch(const Napi::CallbackInfo& info) {
 // referenceDensePreconditioner(basis, coefficients, p, k, inverseDamping, out)
 Napi::Value ReferenceDensePreconditioner(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t p = integerArg(arg(info, 2), "p", 1, 1 << 20);
-  const int64_t k = integerArg(arg(info, 3), "k", 1, p);
-  const double inverseDamping = numberArg(arg(info, 4), "inverseDamping");
-  const float* basis = floatsArg(arg(info, 0), "basis", product(env, "p * k", {p, k}));
-  const float* coefficients = floatsArg(arg(info, 1), "coefficients", k);
-  float* out = floatsArg(arg(info, 5), "out", product(env, "p * p", {p, p}));
+  const int64_t p = integerArg(argument(info, 2), "p", 1, 1 << 20);
+  const int64_t k = integerArg(argument(info, 3), "k", 1, p);
+  const double inverseDamping = numberArg(argument(info, 4), "inverseDamping");
+  const float* basis = floatsArg(argument(info, 0), "basis", product(env, "p * k", {p, k}));
+  const float* coefficients = floatsArg(argument(info, 1), "coefficients", k);
+  float* out = floatsArg(argument(info, 5), "out", product(env, "p * p", {p, p}));
   cpu::referenceDensePreconditioner(basis, coefficients, p, k, inverseDamping, out);
   return env.Undefined();
 }
@@ -187,14 +139,14 @@ Napi::Value ReferenceDensePreconditioner(const Napi::CallbackInfo& info) {
 // referenceDenseStep(preconditioner, p, q, weight, grad, momentum, scalars = [lr, momentum, weightDecay])
 Napi::Value ReferenceDenseStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t p = integerArg(arg(info, 1), "p", 1, 1 << 20);
-  const int64_t q = integerArg(arg(info, 2), "q", 1, int64_t{1} << 31);
-  const float* pm = floatsArg(arg(info, 0), "preconditioner", product(env, "p * p", {p, p}));
+  const int64_t p = integerArg(argument(info, 1), "p", 1, 1 << 20);
+  const int64_t q = integerArg(argument(info, 2), "q", 1, int64_t{1} << 31);
+  const float* pm = floatsArg(argument(info, 0), "preconditioner", product(env, "p * p", {p, p}));
   const int64_t n = product(env, "p * q", {p, q});
-  float* weight = floatsArg(arg(info, 3), "weight", n);
-  const float* grad = floatsArg(arg(info, 4), "grad", n);
-  float* momentum = floatsArg(arg(info, 5), "momentum", n);
-  const Napi::Value sv = arg(info, 6);
+  float* weight = floatsArg(argument(info, 3), "weight", n);
+  const float* grad = floatsArg(argument(info, 4), "grad", n);
+  float* momentum = floatsArg(argument(info, 5), "momentum", n);
+  const Napi::Value sv = argument(info, 6);
   if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
       sv.As<Napi::Float64Array>().ElementLength() != 3) {
     throwType(env, "Expected a Float64Array of length 3 for scalars");

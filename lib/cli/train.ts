@@ -276,7 +276,8 @@ async function makeOptimizer(tf: TF, name: OptimizerName, model: tfjs.LayersMode
 // ---------------------------------------------------------------------------------------------
 // Training
 
-function mulberry32(seed: number): () => number {
+/** A small seeded uniform generator in [0, 1) (mulberry32): batch orders here, random data in the tests. */
+export function mulberry32(seed: number): () => number {
   let s = seed >>> 0;
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;

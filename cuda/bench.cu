@@ -21,7 +21,7 @@ __global__ void fillRandomKernel(float* x, int64_t n, uint64_t seed, float scale
 }
 
 void fillRandom(const Context& ctx, float* x, int64_t n, uint64_t seed, float scale = 1.0f) {
-  fillRandomKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(x, n, seed, scale);
+  NYSACT_LAUNCH(fillRandomKernel, blocksFor(n), kThreads, ctx.stream())(x, n, seed, scale);
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 

@@ -57,7 +57,7 @@ void copyCallerMemory(const Context& ctx, void* dst, const void* src, size_t byt
 
 void fillDevice(const Context& ctx, float* dst, int64_t n, float value) {
   if (n <= 0) return;
-  fillKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(dst, n, value);
+  NYSACT_LAUNCH(fillKernel, blocksFor(n), kThreads, ctx.stream())(dst, n, value);
   NYSACT_CUDA_CHECK_LAUNCH();
   ctx.synchronize();
 }

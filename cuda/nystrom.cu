@@ -84,7 +84,7 @@ T* piece(char* base, size_t offset) {
 
 bool anyNonFinite(Context& ctx, const double* x, int64_t n) {
   ctx.resetFlag();
-  finiteDoubleKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(x, n, ctx.flag());
+  NYSACT_LAUNCH(finiteDoubleKernel, blocksFor(n), kThreads, ctx.stream())(x, n, ctx.flag());
   NYSACT_CUDA_CHECK_LAUNCH();
   return ctx.readFlag();
 }
@@ -161,7 +161,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   int* info = piece<int>(base, oInfo);
 
   ctx.resetFlag();
-  biasCorrectedKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(in.ema, p, k, denominator, chat, ctx.flag());
+  NYSACT_LAUNCH(biasCorrectedKernel, blocksFor(p * k), kThreads, ctx.stream())(in.ema, p, k, denominator, chat, ctx.flag());
   NYSACT_CUDA_CHECK_LAUNCH();
   if (ctx.readFlag()) {
     out.report.status = FactorStatus::KeptPrevious;
@@ -172,7 +172,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   if (in.full) {
     // P = (Ĉ + ρI)⁻¹ = Q diag(1/(μ+ρ)) Qᵀ, stored as the full eigenbasis with c = 1/(μ+ρ) − 1/ρ.
     double* q = piece<double>(base, oB);
-    symmetrizeKernel<<<blocksFor(p * p), kThreads, 0, ctx.stream()>>>(chat, p, q);
+    NYSACT_LAUNCH(symmetrizeKernel, blocksFor(p * p), kThreads, ctx.stream())(chat, p, q);
     NYSACT_CUDA_CHECK_LAUNCH();
     const bool converged = symmetricEigen(ctx, q, pi, lambda, info);
     const std::vector<double> mu = converged ? toHost(ctx, lambda, p) : std::vector<double>();
@@ -184,7 +184,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
       return out;
     }
     basis.resize(static_cast<size_t>(p * p));
-    toRowMajorFloatKernel<<<blocksFor(p * p), kThreads, 0, ctx.stream()>>>(q, p, p, basis.data());
+    NYSACT_LAUNCH(toRowMajorFloatKernel, blocksFor(p * p), kThreads, ctx.stream())(q, p, p, basis.data());
     NYSACT_CUDA_CHECK_LAUNCH();
     ctx.synchronize();
     out.coefficients.resize(static_cast<size_t>(p));
@@ -200,12 +200,12 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
     int32_t* indices = piece<int32_t>(base, oIndices);
     copyToDevice(ctx, indices, in.indices->data(), static_cast<size_t>(k) * sizeof(int32_t));
     NYSACT_CUDA_CHECK(cudaMemsetAsync(s, 0, static_cast<size_t>(p * k) * sizeof(double), ctx.stream()));
-    selectorKernel<<<blocksFor(k), kThreads, 0, ctx.stream()>>>(indices, p, k, s);
+    NYSACT_LAUNCH(selectorKernel, blocksFor(k), kThreads, ctx.stream())(indices, p, k, s);
   } else {
-    sketchToDoubleKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(in.sketch, p, k, s);
+    NYSACT_LAUNCH(sketchToDoubleKernel, blocksFor(p * k), kThreads, ctx.stream())(in.sketch, p, k, s);
   }
   NYSACT_CUDA_CHECK_LAUNCH();
-  addScaledKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(chat, s, p * k, rho, y);
+  NYSACT_LAUNCH(addScaledKernel, blocksFor(p * k), kThreads, ctx.stream())(chat, s, p * k, rho, y);
   NYSACT_CUDA_CHECK_LAUNCH();
   const double one = 1.0, zero = 0.0;
   // W (k x k) = Sᵀ Y; the reference eigendecomposes its lower triangle (it is not symmetric).
@@ -232,14 +232,14 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
     // Wh = V diag(λ + shift) Vᵀ, then L = chol(Wh) (lower triangle).
     for (int64_t j = 0; j < k; ++j) scaleHost[j] = lambdaHost[j] + shift;
     copyToDevice(ctx, scale, scaleHost.data(), scaleHost.size() * sizeof(double));
-    scaleColumnsKernel<<<blocksFor(k * k), kThreads, 0, ctx.stream()>>>(w, k, scale, vd);
+    NYSACT_LAUNCH(scaleColumnsKernel, blocksFor(k * k), kThreads, ctx.stream())(w, k, scale, vd);
     NYSACT_CUDA_CHECK_LAUNCH();
     NYSACT_CUBLAS_CHECK(cublasDgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ki, ki, ki, &one, vd, ki, w, ki, &zero, wh, ki));
     NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, wh, ki, potrfWork.as<double>(),
                                            lworkPotrf, info));
     if (solverSucceeded(ctx, info, "cusolverDnDpotrf")) {
       ctx.resetFlag();
-      finiteLowerKernel<<<blocksFor(k * k), kThreads, 0, ctx.stream()>>>(wh, k, ctx.flag());
+      NYSACT_LAUNCH(finiteLowerKernel, blocksFor(k * k), kThreads, ctx.stream())(wh, k, ctx.flag());
       NYSACT_CUDA_CHECK_LAUNCH();
       if (!ctx.readFlag()) break;
     }
@@ -288,7 +288,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   }
   const std::vector<double> sigmaHost = toHost(ctx, sigma, k);
   basis.resize(static_cast<size_t>(p * k));
-  toRowMajorFloatKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(u, p, k, basis.data());
+  NYSACT_LAUNCH(toRowMajorFloatKernel, blocksFor(p * k), kThreads, ctx.stream())(u, p, k, basis.data());
   NYSACT_CUDA_CHECK_LAUNCH();
   ctx.synchronize();
   out.coefficients.resize(static_cast<size_t>(k));
@@ -574,7 +574,7 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
   const double one = 1.0, zero = 0.0;
 
   // Y, W = SᵀY, M = YᵀY.
-  batchBuildKernel<<<perElement, kThreads, 0, stream>>>(dLayers, k, rho, sy, flags);
+  NYSACT_LAUNCH(batchBuildKernel, perElement, kThreads, stream)(dLayers, k, rho, sy, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
   for (size_t j = 0; j < members.size(); ++j) {
     const int pi = static_cast<int>(layers[j].p);
@@ -582,18 +582,18 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
     NYSACT_CUBLAS_CHECK(cublasDgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, 2 * ki, ki, pi, &one, sj, pi, sj + layers[j].p * k, pi,
                                     &zero, wm + static_cast<int64_t>(j) * 2 * kk, 2 * ki));
   }
-  batchUnpackKernel<<<perMatrix, kThreads, 0, stream>>>(wm, k, w, m);
+  NYSACT_LAUNCH(batchUnpackKernel, perMatrix, kThreads, stream)(wm, k, w, m);
   NYSACT_CUDA_CHECK_LAUNCH();
 
   // W = V diag(λ) Vᵀ (lower triangle), shift, Wh = V diag(λ + shift) Vᵀ, L = chol(Wh).
   std::vector<char> hostWork;
   symmetricEigenBatched(ctx, params, w, k, lambda, infoW, n, hostWork);
-  batchShiftKernel<<<perLayer, kThreads, 0, stream>>>(lambda, w, k, rho, shift, vd, flags);
+  NYSACT_LAUNCH(batchShiftKernel, perLayer, kThreads, stream)(lambda, w, k, rho, shift, vd, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
   NYSACT_CUBLAS_CHECK(cublasDgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, ki, ki, ki, &one, vd, ki, kk, w, ki, kk,
                                                 &zero, wh, ki, kk, ni));
   NYSACT_CUSOLVER_CHECK(cusolverDnDpotrfBatched(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, ptrL, ki, infoL, ni));
-  batchFiniteLowerKernel<<<perLayer, kThreads, 0, stream>>>(wh, k, flags);
+  NYSACT_LAUNCH(batchFiniteLowerKernel, perLayer, kThreads, stream)(wh, k, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
 
   // G = L⁻ᵀ M L⁻¹ (reference: B = Y L⁻¹, G = BᵀB) or L⁻¹ M L⁻ᵀ (textbook: B = Y L⁻ᵀ), in place of M.
@@ -607,7 +607,7 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
 
   // G = Q diag(σ²) Qᵀ; coefficients; T = L⁻¹ Q Σ⁻¹ (reference) or L⁻ᵀ Q Σ⁻¹ (textbook); U = Y T.
   symmetricEigenBatched(ctx, params, m, k, sigma2, infoG, n, hostWork);
-  batchCoefficientKernel<<<perLayer, kThreads, 0, stream>>>(sigma2, shift, k, rho, m, coefficients, flags);
+  NYSACT_LAUNCH(batchCoefficientKernel, perLayer, kThreads, stream)(sigma2, shift, k, rho, m, coefficients, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
   NYSACT_CUBLAS_CHECK(cublasDtrsmBatched(blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, rightOp, CUBLAS_DIAG_NON_UNIT,
                                          ki, ki, &one, ptrL, ki, ptrG, ki, ni));
@@ -617,7 +617,7 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
     NYSACT_CUBLAS_CHECK(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, pi, ki, ki, &one, yj, pi,
                                     m + static_cast<int64_t>(j) * kk, ki, &zero, u + layers[j].uOffset, pi));
   }
-  batchFiniteBasisKernel<<<perElement, kThreads, 0, stream>>>(dLayers, k, u, flags);
+  NYSACT_LAUNCH(batchFiniteBasisKernel, perElement, kThreads, stream)(dLayers, k, u, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
 
   // The group's one synchronisation.
@@ -679,7 +679,7 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
   }
   if (stores.empty()) return;
   copyToDevice(ctx, base + oStores, stores.data(), stores.size() * sizeof(BatchStore));
-  batchStoreKernel<<<dim3(blocksFor(widest), static_cast<unsigned int>(stores.size())), kThreads, 0, stream>>>(
+  NYSACT_LAUNCH(batchStoreKernel, dim3(blocksFor(widest), static_cast<unsigned int>(stores.size())), kThreads, stream)(
       piece<BatchStore>(base, oStores), k, u, coefficients);
   NYSACT_CUDA_CHECK_LAUNCH();
 }

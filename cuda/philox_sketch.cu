@@ -23,7 +23,7 @@ void launchGaussianSketch(const Context& ctx, uint64_t seed, uint32_t layerKey, 
   // The same host expression as nysact::philoxGaussianSketch (binding/common.cpp).
   const double invSqrtP = 1.0 / std::sqrt(static_cast<double>(p));
   const int64_t n = p * k;
-  gaussianSketchKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(seed, layerKey, statStep, n, invSqrtP, out);
+  NYSACT_LAUNCH(gaussianSketchKernel, blocksFor(n), kThreads, ctx.stream())(seed, layerKey, statStep, n, invSqrtP, out);
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 

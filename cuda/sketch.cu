@@ -108,7 +108,7 @@ void tileProducts(Context& ctx, const float* tile, int64_t rows, int64_t p, cons
     NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, ki, m, pi, &one, sketch.matrix, ki, tile,
                                     pi, &zero, z, ki));
   } else if (sketch.indices != nullptr) {
-    gatherColumnsKernel<<<blocksFor(rows * k), kThreads, 0, ctx.stream()>>>(tile, rows, p, sketch.indices, k, z);
+    NYSACT_LAUNCH(gatherColumnsKernel, blocksFor(rows * k), kThreads, ctx.stream())(tile, rows, p, sketch.indices, k, z);
     NYSACT_CUDA_CHECK_LAUNCH();
   } else {
     zRows = tile;  // full covariance: S = I
@@ -117,7 +117,7 @@ void tileProducts(Context& ctx, const float* tile, int64_t rows, int64_t p, cons
   // Cᵀ (k x p) = Zᵀ (k x rows) · T (rows x p)
   NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ki, pi, m, &one, zRows, ldz, tile, pi, &zero,
                                   part, ki));
-  accumulateKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(part, p * k, sum, first ? 1 : 0);
+  NYSACT_LAUNCH(accumulateKernel, blocksFor(p * k), kThreads, ctx.stream())(part, p * k, sum, first ? 1 : 0);
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
@@ -161,7 +161,7 @@ bool sketchCovarianceDense(Context& ctx, const float* x, MemoryKind xMemory, int
                                           static_cast<size_t>(p0) * sizeof(float), static_cast<size_t>(p0) * sizeof(float),
                                           static_cast<size_t>(m), cudaMemcpyDefault, ctx.stream()));
       if (bias) {
-        setColumnKernel<<<blocksFor(m), kThreads, 0, ctx.stream()>>>(b.tile, m, p, p0, 1.0f);
+        NYSACT_LAUNCH(setColumnKernel, blocksFor(m), kThreads, ctx.stream())(b.tile, m, p, p0, 1.0f);
         NYSACT_CUDA_CHECK_LAUNCH();
       }
     }
@@ -169,7 +169,7 @@ bool sketchCovarianceDense(Context& ctx, const float* x, MemoryKind xMemory, int
     tileProducts(ctx, tile, m, p, sketch, k, b.z, b.part, b.sum, r0 == 0);
   }
   if (ctx.readFlag()) return false;
-  finishKernel<<<blocksFor(p * k), kThreads, 0, ctx.stream()>>>(b.sum, p * k, static_cast<double>(rows), covariance);
+  NYSACT_LAUNCH(finishKernel, blocksFor(p * k), kThreads, ctx.stream())(b.sum, p * k, static_cast<double>(rows), covariance);
   NYSACT_CUDA_CHECK_LAUNCH();
   ctx.synchronize();
   return true;
@@ -195,24 +195,24 @@ bool sketchCovarianceConv(Context& ctx, const float* deviceX, const LayerSpec& s
   const TileBuffers b = tileBuffers(ctx, tileRows, g.p, k);
   for (int64_t r0 = 0; r0 < rows; r0 += tileRows) {
     const int64_t m = std::min(tileRows, rows - r0);
-    buildPatchTileKernel<<<blocksFor(m * g.p), kThreads, 0, ctx.stream()>>>(deviceX, g, r0, m, b.tile);
+    NYSACT_LAUNCH(buildPatchTileKernel, blocksFor(m * g.p), kThreads, ctx.stream())(deviceX, g, r0, m, b.tile);
     NYSACT_CUDA_CHECK_LAUNCH();
     tileProducts(ctx, b.tile, m, g.p, sketch, k, b.z, b.part, b.sum, r0 == 0);
   }
-  finishKernel<<<blocksFor(g.p * k), kThreads, 0, ctx.stream()>>>(b.sum, g.p * k, static_cast<double>(rows), covariance);
+  NYSACT_LAUNCH(finishKernel, blocksFor(g.p * k), kThreads, ctx.stream())(b.sum, g.p * k, static_cast<double>(rows), covariance);
   NYSACT_CUDA_CHECK_LAUNCH();
   ctx.synchronize();
   return true;
 }
 
 void launchEmaUpdate(const Context& ctx, float* ema, const float* pending, int64_t n, float beta, float oneMinusBeta) {
-  emaKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(ema, pending, n, beta, oneMinusBeta);
+  NYSACT_LAUNCH(emaKernel, blocksFor(n), kThreads, ctx.stream())(ema, pending, n, beta, oneMinusBeta);
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
 void launchFiniteCheck(const Context& ctx, const float* x, int64_t n) {
   if (n <= 0) return;
-  finiteCheckKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(x, n, ctx.flag());
+  NYSACT_LAUNCH(finiteCheckKernel, blocksFor(n), kThreads, ctx.stream())(x, n, ctx.flag());
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 

@@ -171,16 +171,16 @@ void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const
   const int64_t tiles = ((f.rowsA + kTileA - 1) / kTileA) * ((f.colsB + kTileB - 1) / kTileB);
   const unsigned int blocks = static_cast<unsigned int>(tiles < (int64_t{1} << 30) ? tiles : (int64_t{1} << 30));
   if (outIn) {
-    fusedStepKernel<true><<<blocks, kThreadsA * kThreadsB, 0, ctx.stream()>>>(f);
+    NYSACT_LAUNCH(fusedStepKernel<true>, blocks, kThreadsA * kThreadsB, ctx.stream())(f);
   } else {
-    fusedStepKernel<false><<<blocks, kThreadsA * kThreadsB, 0, ctx.stream()>>>(f);
+    NYSACT_LAUNCH(fusedStepKernel<false>, blocks, kThreadsA * kThreadsB, ctx.stream())(f);
   }
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
 void momentumStep(const Context& ctx, int64_t n, float* weight, const float* grad, float* momentum,
                   const StepScalars& s) {
-  momentumKernel<<<blocksFor(n), kThreads, 0, ctx.stream()>>>(n, weight, grad, momentum, updateScalars(s));
+  NYSACT_LAUNCH(momentumKernel, blocksFor(n), kThreads, ctx.stream())(n, weight, grad, momentum, updateScalars(s));
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 

@@ -47,7 +47,8 @@ fs.mkdirSync(outDir, { recursive: true });
 
 const copies = [[addon, ADDON_NAME]];
 for (const name of fs.readdirSync(release)) {
-  if (/\.so(\.\d+)*$/.test(name)) copies.push([path.join(release, name), name]);
+  // Not the CUDA host emulation (nysact_cuda_emu.so): it is for tests only (cuda/emu/emu.h).
+  if (/\.so(\.\d+)*$/.test(name) && !/_emu\.so$/.test(name)) copies.push([path.join(release, name), name]);
 }
 if (gompPath) copies.push([fs.realpathSync(gompPath), 'libgomp.so.1']);
 

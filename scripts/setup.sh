@@ -29,6 +29,8 @@ if command -v nvcc >/dev/null 2>&1; then
     nvidia-cublas==13.0.2.14 nvidia-cusolver==12.0.4.66 nvidia-cusparse==12.6.3.3 \
     nvidia-nvjitlink==13.0.88 nvidia-cuda-runtime==13.0.96
   export NYSACT_CUDA=${NYSACT_CUDA:-ON}
+  # ... and on the host emulation of CUDA (cuda/emu), so the tests run its code without a GPU.
+  export NYSACT_CUDA_EMULATION=${NYSACT_CUDA_EMULATION:-ON}
 fi
 
 say "npm ci"

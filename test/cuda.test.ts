@@ -6,7 +6,7 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { DeviceTensor, NysAct, NysActError, hostBuffer, nativeInfo, tensor, type LayerUpdate, type StepArray } from '../dist/cjs/index.js';
 import { firstDifference, mulberry32, randomArray } from './helpers';
 
@@ -14,7 +14,9 @@ const root = join(__dirname, '..');
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const nodeGypBuild = require('node-gyp-build') as { resolve(dir: string): string };
 const addonPath = nodeGypBuild.resolve(root);
-const cudaLibrary = join(dirname(addonPath), 'nysact_cuda.so');
+// The library the loader opens: NYSACT_CUDA_LIBRARY (the host emulation's run sets it:
+// scripts/test-cuda-emulation.js), else nysact_cuda.so beside the addon.
+const cudaLibrary = process.env.NYSACT_CUDA_LIBRARY || join(dirname(addonPath), 'nysact_cuda.so');
 
 /** Runs a CommonJS snippet in a fresh node process (with extra environment) and parses its JSON output. */
 function child(script: string, env: Record<string, string> = {}): Record<string, unknown> {
@@ -26,7 +28,7 @@ function child(script: string, env: Record<string, string> = {}): Record<string,
   return JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
 }
 
-const mapped = "require('node:fs').readFileSync('/proc/self/maps', 'utf8').includes('nysact_cuda.so')";
+const mapped = `require('node:fs').readFileSync('/proc/self/maps', 'utf8').includes(${JSON.stringify(basename(cudaLibrary))})`;
 
 t.test('the CPU path never loads the CUDA library', async (t) => {
   const r = child(`

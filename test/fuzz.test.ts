@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import t from 'tap';
+import { nativeInfo } from '../dist/cjs/index.js';
 
 const script = path.join(__dirname, 'native-fuzz.js');
 
@@ -21,13 +22,20 @@ interface FuzzStats {
   threadsUnchanged: boolean;
 }
 
-for (const [calls, seed] of [
-  [3000, 20240601],
-  [3000, 7],
+// The CUDA runs need a usable CUDA backend (a GPU, or the host emulation's run:
+// scripts/test-cuda-emulation.js); they skip with the reason otherwise.
+const cuda = nativeInfo().backends.find((b) => b.name === 'cuda');
+const cudaSkip = cuda?.available ? false : `no usable CUDA backend: ${cuda?.reason ?? 'not listed'}`;
+
+for (const [backend, calls, seed] of [
+  ['cpu', 3000, 20240601],
+  ['cpu', 3000, 7],
+  ['cuda', 3000, 20240601],
 ] as const) {
-  t.test(`${calls} malformed native calls, seed ${seed}`, async (t) => {
+  t.test(`${calls} malformed native calls on ${backend}, seed ${seed}`, { skip: backend === 'cuda' ? cudaSkip : false }, async (t) => {
     const run = spawnSync(process.execPath, [script, String(calls), String(seed)], {
       cwd: path.join(__dirname, '..'),
+      env: { ...process.env, NYSACT_FUZZ_BACKEND: backend },
       encoding: 'utf8',
       timeout: 240_000,
       maxBuffer: 16 * 1024 * 1024,

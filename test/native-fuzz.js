@@ -6,12 +6,14 @@
 // sentinel error thrown by a hostile getter we planted). Prints one JSON line with the counts.
 //
 // usage: node test/native-fuzz.js [calls=3000] [seed=20240601]
+// NYSACT_FUZZ_BACKEND=cuda makes the well-formed layers, tensors and buffers CUDA ones (default cpu).
 
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 const native = require('node-gyp-build')(root);
 
+const BACKEND = process.env.NYSACT_FUZZ_BACKEND || 'cpu';
 const totalCalls = Number(process.argv[2] ?? 3000);
 let seed = Number(process.argv[3] ?? 20240601) >>> 0;
 
@@ -107,7 +109,7 @@ function validActivations(spec) {
   const x = (n) => {
     const values = randomFloats(n);
     if (chance(0.7)) return values;
-    const t = new native.Tensor(n, 'cpu');
+    const t = new native.Tensor(n, BACKEND);
     t.upload(values, 0);
     tensors.push(t);
     return t;
@@ -205,7 +207,7 @@ function mutateSpec(spec) {
 const live = []; // { spec, layer }
 function freshLayer(name = pick(SPEC_NAMES)) {
   const spec = SPECS[name];
-  const layer = new native.Layer(spec, 'cpu');
+  const layer = new native.Layer(spec, BACKEND);
   const entry = { spec, layer };
   live.push(entry);
   return entry;
@@ -288,12 +290,12 @@ const categories = [
   // constructor with a mutated spec and/or backend
   () => {
     const spec = mutateSpec(SPECS[pick(SPEC_NAMES)]);
-    const backend = chance(0.7) ? 'cpu' : badValue();
+    const backend = chance(0.7) ? BACKEND : badValue();
     attempt('new Layer', () => {
       const layer = chance(0.1) ? new native.Layer() : new native.Layer(spec, backend);
       layer.dispose(); // a mutated spec that happened to be valid: not used further
     });
-    attempt('Layer() without new', () => native.Layer(SPECS.dense, 'cpu').dispose());
+    attempt('Layer() without new', () => native.Layer(SPECS.dense, BACKEND).dispose());
   },
   // a method with mutated or missing arguments
   () => {
@@ -361,9 +363,9 @@ const categories = [
   },
   // tensors: construction, methods with bad arguments, after dispose, wrong `this`
   () => {
-    const args = chance(0.6) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']);
+    const args = chance(0.6) ? [1 + int(40), BACKEND] : mutateArgs([1 + int(40), BACKEND]);
     attempt('new Tensor', () => tensors.push(new native.Tensor(...args)));
-    attempt('Tensor() without new', () => native.Tensor(4, 'cpu'));
+    attempt('Tensor() without new', () => native.Tensor(4, BACKEND));
   },
   () => {
     const t = anyTensor();
@@ -390,7 +392,7 @@ const categories = [
     });
   },
   () => {
-    attempt('hostBuffer', () => native.hostBuffer(...(chance(0.3) ? [1 + int(40), 'cpu'] : mutateArgs([1 + int(40), 'cpu']))));
+    attempt('hostBuffer', () => native.hostBuffer(...(chance(0.3) ? [1 + int(40), BACKEND] : mutateArgs([1 + int(40), BACKEND]))));
     attempt('byteAlignment', () => native.byteAlignment(...mutateArgs([randomFloats(int(9))])));
     attempt('allFinite(tensor)', () => native.allFinite(chance(0.8) ? anyTensor() : Object.create(native.Tensor.prototype)));
   },
@@ -411,7 +413,7 @@ const pending = [];
 const asyncStats = { resolved: 0, rejected: 0, rejectedWithoutCode: 0 };
 
 function anyTensor() {
-  if (tensors.length === 0 || chance(0.2)) tensors.push(new native.Tensor(1 + int(40), 'cpu'));
+  if (tensors.length === 0 || chance(0.2)) tensors.push(new native.Tensor(1 + int(40), BACKEND));
   return pick(tensors);
 }
 
@@ -429,7 +431,7 @@ function validTensorArgs(method, t) {
 // An operand of the right length: a Float32Array or (sometimes) a CPU tensor.
 function operand(n) {
   if (chance(0.7)) return randomFloats(n);
-  const t = new native.Tensor(n, 'cpu');
+  const t = new native.Tensor(n, BACKEND);
   t.fill(0.01);
   tensors.push(t);
   return t;

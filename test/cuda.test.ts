@@ -524,3 +524,40 @@ t.test('CUDA: bad device tensors for activations, and NaN on the device', { skip
   opt.dispose();
   cpuOpt.dispose();
 });
+
+t.test('CUDA: a tfjs model.fit with nysact matches the CPU backend', { skip: gpuSkip }, async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const tf = require('@tensorflow/tfjs') as typeof import('@tensorflow/tfjs');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { nysact } = require('../dist/cjs/tfjs.js') as typeof import('../dist/cjs/tfjs.js');
+  await tf.setBackend('cpu');
+  const fit = async (backend: 'cpu' | 'cuda') => {
+    const m = tf.sequential();
+    m.add(tf.layers.conv2d({ inputShape: [8, 8, 2], filters: 4, kernelSize: 3, padding: 'same', activation: 'relu',
+                             kernelInitializer: tf.initializers.glorotUniform({ seed: 3 }) }));
+    m.add(tf.layers.flatten());
+    m.add(tf.layers.dense({ units: 5, kernelInitializer: tf.initializers.glorotUniform({ seed: 4 }) }));
+    const opt = nysact(m, { backend, lr: 0.05, tcov: 1, tinv: 2, rank: 6, damping: 0.3 });
+    m.compile({ optimizer: opt, loss: 'meanSquaredError' });
+    const x = tf.randomUniform([32, 8, 8, 2], -1, 1, 'float32', 1);
+    const y = tf.randomUniform([32, 5], -1, 1, 'float32', 2);
+    const h = await m.fit(x, y, { epochs: 4, batchSize: 8, shuffle: false, verbose: 0 });
+    const weights = m.getWeights().map((w) => w.dataSync().slice());
+    const chosen = opt.backend;
+    tf.dispose([x, y]);
+    opt.dispose();
+    m.dispose();
+    return { chosen, loss: h.history.loss as number[], weights };
+  };
+  const a = await fit('cpu');
+  const b = await fit('cuda');
+  t.equal(b.chosen, 'cuda', 'the optimizer ran on CUDA');
+  let worst = 0;
+  let scale = 0;
+  a.weights.forEach((w, i) => w.forEach((v, j) => {
+    worst = Math.max(worst, Math.abs(v - b.weights[i][j]));
+    scale = Math.max(scale, Math.abs(v));
+  }));
+  t.ok(worst <= 1e-4 * scale, `weights after 16 steps within 1e-4 relative (worst ${(worst / scale).toExponential(2)})`);
+  t.ok(b.loss[b.loss.length - 1] < b.loss[0], `the loss fell on CUDA (${b.loss[0].toFixed(4)} -> ${b.loss[b.loss.length - 1].toFixed(4)})`);
+});

@@ -1,7 +1,8 @@
 // The C++ test-and-benchmark driver (no Node): the same backend interface the addon uses, checked
 // CPU against CUDA and timed (ggml's test-backend-ops, STYLE.md point 10).  Prints one JSON object.
 //
-//   nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]
+//   nysact_driver [--quick] [--smoke] [--no-parity] [--no-bench] [--batch N] [--repeats N]
+//   (--smoke: the benchmarks on three tiny layers, to run their code on the CUDA host emulation)
 //
 // Parity: random layers (dense in both weight layouts, conv with strides, 'same'/'valid' padding,
 // dilation and bias, gaussian and subcolumn sketches, caller-supplied sketches, full covariance,
@@ -706,21 +707,28 @@ std::vector<NetLayer> resnet50() {
   return layers;
 }
 
+// --smoke: every benchmark's code path on three tiny layers (for the CUDA host emulation, which
+// runs the benchmark code to check it, not to time it: its figures mean nothing).
+std::vector<NetLayer> smokeNet() {
+  return {{"conv1", 3, 3, 3, 8, 2, 16, false}, {"conv2", 1, 1, 8, 16, 1, 8, false}, {"fc", 1, 1, 16, 10, 1, 1, true}};
+}
+
 LayerSpec specOf(const NetLayer& l, int64_t rank) {
   if (l.name == "fc") return dense(l.cin, l.cout, true, rank, SketchKind::Gaussian, WeightLayout::InOut);
   return conv(l.kh, l.kw, l.cin, l.cout, l.stride, l.stride, 1, 1, Padding::Same, l.bias, rank, SketchKind::Gaussian);
 }
 
-Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch, int repeats, bool quick) {
+Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch, int repeats, bool quick, bool smoke) {
   Object o;
+  if (smoke) o.str("smoke", "tiny shapes to run the benchmark code (--smoke): these times are not benchmarks");
   nysact_cuda_error error{};
   auto ok = [&](int32_t status) { checkCuda(status, error); };
 
   // Ceilings (METHOD.md): a large device-to-device copy and a large SGEMM.
-  const uint64_t copyBytes = quick ? (uint64_t{256} << 20) : (uint64_t{2} << 30);
+  const uint64_t copyBytes = smoke ? (uint64_t{1} << 20) : quick ? (uint64_t{256} << 20) : (uint64_t{2} << 30);
   double copyMs = 0, gemmMs = 0;
   ok(api.benchCopy(copyBytes, repeats, &copyMs, &error));
-  const int64_t g = quick ? 4096 : 8192;
+  const int64_t g = smoke ? 64 : quick ? 4096 : 8192;
   ok(api.benchSgemm(g, g, g, repeats, &gemmMs, &error));
   const double copyGBs = 2.0 * static_cast<double>(copyBytes) / (copyMs * 1e-3) / 1e9;
   const double gemmTflops = 2.0 * double(g) * g * g / (gemmMs * 1e-3) / 1e12;
@@ -730,8 +738,8 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
                         .number("sgemmSize", double(g)).number("sgemmMs", gemmMs).number("sgemmTflops", gemmTflops)
                         .json(2));
 
-  const std::vector<NetLayer> net = resnet50();
-  const int64_t rank = 50;
+  const std::vector<NetLayer> net = smoke ? smokeNet() : resnet50();
+  const int64_t rank = smoke ? 4 : 50;
 
   // Fused update over every ResNet-50 weight (InOut layout, as tfjs stores it).
   {
@@ -802,7 +810,7 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
   // after a warm-up; the CPU once.
   {
     Random rng(42);
-    const size_t count = quick ? 6 : net.size();
+    const size_t count = quick ? std::min<size_t>(6, net.size()) : net.size();
     std::vector<std::unique_ptr<Layer>> cudaLayers, cpuLayers;
     std::vector<Layer*> cudaRaw, cpuRaw;
     for (size_t i = 0; i < count; ++i) {
@@ -847,7 +855,7 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
                          .number("layers", double(count)).number("rank", double(rank))
                          .number("cudaBatchedMs", batchedMs).number("cudaPerLayerMs", perLayerMs)
                          .number("batchedSpeedup", perLayerMs / batchedMs).number("targetMs", 5.0)
-                         .boolean("withinTarget", quick ? false : batchedMs <= 5.0)
+                         .boolean("withinTarget", quick || smoke ? false : batchedMs <= 5.0)
                          .number("cpuMs", cpuMs).number("cpuThreads", cpuThreads())
                          .number("nonOkStatuses", nonOk).number("nonOkStatusesPerLayer", nonOkPerLayer)
                          .number("nonOkStatusesCpu", cpuNonOk)
@@ -864,12 +872,13 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
   {
     struct NetRun {
       std::unique_ptr<Layer> layer;
+      std::unique_ptr<Layer> sgdWeight, sgdBias;  // plain SGD-momentum layers over the same parameters
       std::vector<float> weight, bias, grad, gradBias;
       std::unique_ptr<BackendArray> dWeight, dBias, dGrad, dGradBias, pWeight, pBias, pGrad, pGradBias;
     };
     Random rng(7);
     std::vector<NetRun> runs;
-    const size_t count = quick ? 8 : net.size();
+    const size_t count = quick ? std::min<size_t>(8, net.size()) : net.size();
     double parameters = 0;
     for (size_t i = 0; i < count; ++i) {
       const NetLayer& l = net[i];
@@ -894,6 +903,14 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
         *g = std::make_unique<BackendArray>(cuda, kind, run.grad);
         *gb = std::make_unique<BackendArray>(cuda, kind, run.gradBias);
       }
+      LayerSpec plain;
+      plain.kind = LayerKind::Plain;
+      plain.size = s.weightSize();
+      run.sgdWeight = cuda.createLayer(plain);
+      if (s.bias) {
+        plain.size = s.fanOut;
+        run.sgdBias = cuda.createLayer(plain);
+      }
       parameters += double(run.weight.size() + run.bias.size());
       runs.push_back(std::move(run));
     }
@@ -901,9 +918,23 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
     scalars.lr = 1e-3;
     scalars.momentum = 0.9;
     scalars.weightDecay = 5e-4;
-    enum Path { Host, Pinned, Device };
+    enum Path { Host, Pinned, Device, SgdDevice };
     auto step = [&](Path path) {
       for (NetRun& run : runs) {
+        if (path == SgdDevice) {
+          // The baseline: plain SGD-momentum (momentum and weight decay, no preconditioner) on the
+          // same device-resident weights and gradients, one kernel per tensor.
+          auto plainStep = [&](Layer& layer, const BackendArray& w, const BackendArray& g) {
+            StepOperands o;
+            o.weight = w.data();
+            o.gradWeight = g.data();
+            o.weightMemory = o.gradWeightMemory = w.kind();
+            layer.preconditionedMomentumStep(o, scalars);
+          };
+          plainStep(*run.sgdWeight, *run.dWeight, *run.dGrad);
+          if (run.sgdBias) plainStep(*run.sgdBias, *run.dBias, *run.dGradBias);
+          continue;
+        }
         const bool bias = run.layer->spec().bias;
         StepOperands o;
         if (path == Host) {
@@ -935,14 +966,16 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
       std::sort(ms.begin(), ms.end());
       return ms[ms.size() / 2];
     };
-    const double hostMs = time(Host), pinnedMs = time(Pinned), deviceMs = time(Device);
+    const double hostMs = time(Host), pinnedMs = time(Pinned), deviceMs = time(Device), sgdMs = time(SgdDevice);
     o.add("wholeStep", Object()
                            .number("layers", double(count)).number("rank", double(rank)).number("parameters", parameters)
                            .number("hostArraysMs", hostMs).number("pinnedArraysMs", pinnedMs).number("deviceResidentMs", deviceMs)
                            .number("hostOverDevice", hostMs / deviceMs).number("pinnedOverDevice", pinnedMs / deviceMs)
+                           .number("sgdMomentumMs", sgdMs).number("deviceResidentOverSgd", deviceMs / sgdMs)
                            .str("note", "median wall time of one update step of every layer (fused preconditioned update, "
                                         "weights and gradients as host arrays (copied in and out), page-locked host "
-                                        "buffers, or device-resident tensors), then one stream synchronisation")
+                                        "buffers, or device-resident tensors), then one stream synchronisation; "
+                                        "sgdMomentumMs: plain SGD-momentum over the same device-resident parameters")
                            .json(2));
   }
   return o;
@@ -961,13 +994,15 @@ std::string executableDirectory() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, bench = true, parity = true;
+  bool quick = false, bench = true, parity = true, smoke = false;
   int64_t batch = 256;
   int repeats = 5;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
+    } else if (a == "--smoke") {
+      smoke = true;
     } else if (a == "--no-parity") {
       parity = false;
     } else if (a == "--no-bench") {
@@ -977,7 +1012,7 @@ int main(int argc, char** argv) {
     } else if (a == "--repeats" && i + 1 < argc) {
       repeats = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: nysact_driver [--quick] [--no-parity] [--no-bench] [--batch N] [--repeats N]\n");
+      std::fprintf(stderr, "usage: nysact_driver [--quick] [--smoke] [--no-parity] [--no-bench] [--batch N] [--repeats N]\n");
       return 2;
     }
   }
@@ -1024,7 +1059,8 @@ int main(int argc, char** argv) {
                           .add("cases", array(results))
                           .json(2));
     if (cuda != nullptr && bench) {
-      out.add("bench", benchmarks(*cudaApi(), cpu, *cuda, batch, repeats, quick).json(2));
+      out.add("bench", benchmarks(*cudaApi(), cpu, *cuda, smoke ? std::min<int64_t>(batch, 2) : batch, smoke ? 1 : repeats,
+                                  quick || smoke, smoke).json(2));
     } else {
       out.str("bench", cuda ? "skipped (--no-bench)" : "skipped: the CUDA backend is unavailable");
     }

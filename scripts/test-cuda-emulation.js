@@ -3,7 +3,8 @@
 // a 'cuda' backend with NYSACT_CUDA_LIBRARY pointing at build/Release/nysact_cuda_emu.so, so the
 // CUDA backend's own code (C ABI, context, layers, batched factors, every kernel's indexing) runs
 // here and is compared with the CPU backend.  This is not a GPU: nothing it prints is a GPU result.
-// Then the C++ driver's CPU-vs-CUDA parity (every case, no benchmarks) when the driver was built.
+// Then the C++ driver's CPU-vs-CUDA parity (every case) and its benchmark code on tiny shapes
+// (--smoke), when the driver was built.
 //
 // Skips, saying why, when the emulation library was not built (CMake NYSACT_CUDA_EMULATION=ON,
 // which needs the CUDA headers: scripts/setup.sh sets it where nvcc is present).
@@ -66,6 +67,24 @@ if (existsSync(driver)) {
     process.stdout.write(d.stdout || '');
     process.stdout.write(d.stderr || '');
     status = status || d.status || 1;
+  }
+  // The benchmark code on tiny shapes: that it runs without a fault or an error (its times are host
+  // times of an emulation and are not looked at).
+  const b = spawnSync(driver, ['--smoke', '--no-parity'], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 << 20 });
+  let bench = null;
+  try {
+    bench = JSON.parse(b.stdout).bench;
+  } catch {
+    // reported below
+  }
+  const parts = ['ceilings', 'fusedUpdate', 'sketch', 'inverse', 'wholeStep'];
+  if (b.status === 0 && bench && parts.every((k) => bench[k])) {
+    console.log(`# cuda emulation: driver benchmark code ran (--smoke): ${parts.join(', ')}`);
+  } else {
+    console.log(`# cuda emulation: driver benchmark code FAILED (--smoke, exit ${b.status})`);
+    process.stdout.write(b.stdout || '');
+    process.stdout.write(b.stderr || '');
+    status = status || b.status || 1;
   }
 } else {
   console.log(`# cuda emulation: driver parity skipped: ${driver} was not built`);

@@ -16,6 +16,11 @@
 # at most 150 s).
 #
 # Usage: bash scripts/gpu-check.sh [--quick]     (--quick: small parity set, quick benchmarks)
+#
+# Rehearsal without a GPU: GPU_CHECK_EMULATION=1 also builds the CUDA host emulation (cuda/emu) and
+# points the driver and the JS tests at it (NYSACT_CUDA_LIBRARY), with the benchmarks on tiny shapes
+# (--smoke).  The whole script then runs here as it would on a GPU machine; its JSON says
+# "emulation": true, and nothing it prints is a GPU figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -26,6 +31,7 @@ lib_dir=$root/build/Release   # where node-gyp-build finds nysact.node, with nys
 mkdir -p "$out" "$build" "$lib_dir"
 quick=""
 [ "${1:-}" = "--quick" ] && quick="--quick"
+emulation=${GPU_CHECK_EMULATION:-}
 start=$(date +%s)
 log() { echo "[gpu-check +$(( $(date +%s) - start ))s] $*" >&2; }
 json_status=()
@@ -58,6 +64,12 @@ fi
 
 # ---- inputs carried in .gpu-deps -----------------------------------------------------------------
 extra=()
+if [ -n "$emulation" ]; then
+  log "GPU_CHECK_EMULATION: the CUDA host emulation stands in for the GPU (a rehearsal: no GPU figures)"
+  record emulation true
+  extra+=("-DNYSACT_CUDA_EMULATION=ON")
+  export NYSACT_CUDA_LIBRARY="$lib_dir/nysact_cuda_emu.so"
+fi
 if [ ! -f /usr/include/eigen3/Eigen/Dense ] && [ -d "$deps/include/eigen3" ]; then
   extra+=("-DEIGEN3_INCLUDE_DIR=$deps/include/eigen3")
 fi
@@ -121,7 +133,9 @@ if ! grep -q '"available": true' "$out/driver.json"; then
   ok=false
 else
   log "driver: benchmarks"
-  timeout 150 "$lib_dir/nysact_driver" $quick --no-parity >"$out/bench.json" 2>>"$out/driver.err"
+  bench_size=$quick
+  [ -n "$emulation" ] && bench_size="--smoke"
+  timeout 150 "$lib_dir/nysact_driver" $bench_size --no-parity >"$out/bench.json" 2>>"$out/driver.err"
   bench_rc=$?
   cat "$out/bench.json"
   record benchExit $bench_rc

@@ -20,8 +20,21 @@ if [ "$with_node" = 1 ]; then
   [ -d node_modules ] || { echo "gpu-pack: run npm ci first" >&2; exit 1; }
   [ -d dist ] || npm run build:ts >/dev/null
   nice xz -T2 -6 -c "$(readlink -f "$(command -v node)")" >"$out/node.xz"
-  # cmake-js and its dependencies are not needed there (gpu-check builds with CMake directly).
-  nice tar -cJf "$out/node_modules.tar.xz" --exclude='node_modules/cmake-js' --exclude='node_modules/.cache' node_modules
+  # Only what the JS tests need there: not cmake-js (gpu-check builds with CMake directly), not
+  # tfjs-node (556 MB with libtensorflow; the CUDA tests use the pure-JS @tensorflow/tfjs), not
+  # tshy's native TypeScript preview, no source maps, browser bundles or HTML reports.  The device
+  # tool carries 64 MiB at most: everything here was 163 MB before these exclusions, 44 MB after.
+  nice tar -cJf "$out/node_modules.tar.xz" --exclude='node_modules/cmake-js' --exclude='node_modules/.cache' \
+    --exclude='node_modules/@tensorflow/tfjs-node' --exclude='node_modules/@typescript/native-preview*' \
+    --exclude='*.map' --exclude='*.html' --exclude='node_modules/@tensorflow/*/dist/*.min.js' \
+    --exclude='node_modules/@tensorflow/*/dist/*es2017*' --exclude='node_modules/@tensorflow/*/dist/*fesm*' \
+    --exclude='node_modules/@tensorflow/*/dist/miniprogram' node_modules
   nice tar -cJf "$out/dist.tar.xz" dist
 fi
 du -sh "$out" "$out"/* >&2
+# The device call carries at most 64 MiB (with everything else carried).
+kib=$(du -sk "$out" | cut -f1)
+if [ "$kib" -gt $((60 * 1024)) ]; then
+  echo "gpu-pack: $out is $((kib / 1024)) MiB, over the 60 MiB this script allows for the 64 MiB carry limit" >&2
+  exit 1
+fi

@@ -707,6 +707,209 @@ std::vector<NetLayer> resnet50() {
   return layers;
 }
 
+// Failure paths of the CUDA backend, driven by the host emulation's fault injection
+// (NYSACT_CUDA_EMU_FAULTS, cuda/emu/emu.h): a cuSOLVER routine that reports failure, and device
+// memory that runs out.  These paths need pathological matrices or a full GPU to reach on a device;
+// the emulation reaches them on demand.  Run only where the CUDA device is the emulation.
+Object faultChecks(Backend& cpu, Backend& cuda, bool& ok) {
+  Object o;
+  ok = true;
+  std::vector<std::string> failures;
+  auto check = [&](bool condition, const std::string& what) {
+    if (!condition) {
+      ok = false;
+      failures.push_back(quote(what));
+    }
+  };
+  struct Faults {  // sets NYSACT_CUDA_EMU_FAULTS (and NYSACT_CUDA_FACTORS) for its lifetime
+    explicit Faults(const char* spec, bool perLayer = false) {
+      setenv("NYSACT_CUDA_EMU_FAULTS", spec, 1);
+      if (perLayer) setenv("NYSACT_CUDA_FACTORS", "per-layer", 1);
+    }
+    ~Faults() {
+      unsetenv("NYSACT_CUDA_EMU_FAULTS");
+      unsetenv("NYSACT_CUDA_FACTORS");
+    }
+  };
+  const std::vector<LayerSpec> specs = {
+      dense(96, 40, true, 10, SketchKind::Gaussian, WeightLayout::InOut),
+      dense(70, 33, false, 8, SketchKind::Subcolumns, WeightLayout::OutIn),
+      conv(3, 3, 8, 16, 1, 1, 1, 1, Padding::Same, true, 12, SketchKind::Gaussian),
+  };
+  // Layers with two committed statistics steps, the same on both backends.
+  auto prepare = [&](Backend& backend) {
+    std::vector<std::unique_ptr<Layer>> layers;
+    Random rng(0xFA17);
+    for (size_t i = 0; i < specs.size(); ++i) {
+      LayerSpec s = specs[i];
+      s.layerKey = static_cast<uint32_t>(300 + i);
+      layers.push_back(backend.createLayer(s));
+      for (int step = 0; step < 2; ++step) {
+        if (s.kind == LayerKind::Dense) {
+          const std::vector<float> x = rng.structured(200, s.fanIn);
+          layers.back()->sketchCovarianceDense(x.data(), 200, SketchInput{});
+        } else {
+          const std::vector<float> x = rng.structured(3 * 10 * 10, s.inChannels);
+          ConvInput in;
+          in.batch = 3, in.height = 10, in.width = 10;
+          layers.back()->sketchCovarianceConv(x.data(), in, SketchInput{});
+        }
+        layers.back()->commitStatistics(0.95);
+      }
+    }
+    return layers;
+  };
+  auto raw = [](const std::vector<std::unique_ptr<Layer>>& layers) {
+    std::vector<Layer*> out;
+    for (const auto& l : layers) out.push_back(l.get());
+    return out;
+  };
+  auto lambdas = [](Layer& l) {
+    LayerState st;
+    l.exportState(st);
+    return lambdaHat(st);
+  };
+  const auto cpuLayers = prepare(cpu);
+  const std::vector<FactorReport> cpuReports = cpu.nystromFactorsBatch(raw(cpuLayers), 0.5, NystromVariant::Reference);
+  auto lambdasMatchCpu = [&](const std::vector<std::unique_ptr<Layer>>& layers, size_t i) {
+    const std::vector<float> a = lambdas(*cpuLayers[i]), b = lambdas(*layers[i]);
+    if (a.size() != b.size()) return false;
+    double scale = 1.0, d = 0.0;
+    for (float v : a) scale = std::max(scale, 1.0 + v);
+    for (size_t j = 0; j < a.size(); ++j) d = std::max(d, std::fabs(double(a[j]) - b[j]));
+    return d / scale <= 1e-3;
+  };
+  int cases = 0;
+
+  // 1. One Cholesky of the batch fails: that layer reruns on the per-layer path, whose first
+  //    attempt succeeds, so every layer still matches the CPU.
+  {
+    const auto layers = prepare(cuda);
+    std::vector<FactorReport> reports;
+    {
+      Faults f("potrf:1");
+      reports = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      check(reports[i].status == cpuReports[i].status, "potrf:1: layer " + std::to_string(i) + " status as on the CPU");
+      check(lambdasMatchCpu(layers, i), "potrf:1: layer " + std::to_string(i) + " lambda-hat as on the CPU");
+    }
+    ++cases;
+  }
+  // 2. Every Cholesky fails: no factors yet -> Identity; with factors -> KeptPrevious, factors kept
+  //    bit for bit; on both paths.
+  for (bool perLayer : {false, true}) {
+    const std::string tag = perLayer ? "potrf (per-layer): " : "potrf (batched): ";
+    const auto layers = prepare(cuda);
+    std::vector<FactorReport> first, later;
+    {
+      Faults f("potrf", perLayer);
+      first = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      check(first[i].status == FactorStatus::Identity, tag + "no previous factors gives Identity, layer " + std::to_string(i));
+      check(first[i].detail.find("Cholesky") != std::string::npos, tag + "the report names the Cholesky factorisation");
+    }
+    (void)cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    std::vector<LayerState> before(specs.size());
+    for (size_t i = 0; i < specs.size(); ++i) layers[i]->exportState(before[i]);
+    {
+      Faults f("potrf", perLayer);
+      later = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      LayerState after;
+      layers[i]->exportState(after);
+      check(later[i].status == FactorStatus::KeptPrevious, tag + "with previous factors gives KeptPrevious, layer " + std::to_string(i));
+      check(bitwiseEqual(before[i].basis, after.basis) && bitwiseEqual(before[i].coefficients, after.coefficients),
+            tag + "the previous factors are kept bit for bit, layer " + std::to_string(i));
+    }
+    ++cases;
+  }
+  // 3. The first eigensolve of SᵀY fails (the first layer on the per-layer path; on the batched
+  //    path the first layer of the first rank group): exactly that layer falls back, the others
+  //    match the CPU.
+  for (bool perLayer : {false, true}) {
+    const std::string tag = perLayer ? "syev:1 (per-layer): " : "syev:1 (batched): ";
+    const auto layers = prepare(cuda);
+    std::vector<FactorReport> reports;
+    {
+      Faults f("syev:1", perLayer);
+      reports = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    int fellBack = 0;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (reports[i].status == FactorStatus::Identity && reports[i].detail.find("eigen") != std::string::npos) {
+        ++fellBack;
+        check(!perLayer || i == 0, tag + "the per-layer path fails the first layer");
+      } else {
+        check(reports[i].status == cpuReports[i].status && lambdasMatchCpu(layers, i),
+              tag + "layer " + std::to_string(i) + " as on the CPU");
+      }
+    }
+    check(fellBack == 1, tag + "exactly one layer falls back to Identity, naming the eigendecomposition (" +
+                             std::to_string(fellBack) + ")");
+    ++cases;
+  }
+  // 4. The per-layer path's SVD fails: Identity, naming the SVD.
+  {
+    const auto layers = prepare(cuda);
+    std::vector<FactorReport> reports;
+    {
+      Faults f("gesvd", true);
+      reports = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      check(reports[i].status == FactorStatus::Identity && reports[i].detail.find("SVD") != std::string::npos,
+            "gesvd (per-layer): layer " + std::to_string(i) + " falls back to Identity, naming the SVD");
+    }
+    ++cases;
+  }
+  // 5. Device memory runs out: creating a large layer, and a statistics step that must grow the
+  //    scratch arena, fail with ERR_NYSACT_NATIVE naming the allocation; the layer that failed to
+  //    observe keeps its pending statistics bit for bit and works once memory is back.
+  {
+    auto nativeError = [&](const std::function<void()>& f, const std::string& what) {
+      try {
+        f();
+        check(false, what + ": no error");
+      } catch (const Error& e) {
+        check(e.code() == "ERR_NYSACT_NATIVE" && std::string(e.what()).find("memory") != std::string::npos,
+              what + ": ERR_NYSACT_NATIVE naming memory (got " + e.code() + ": " + e.what() + ")");
+      }
+    };
+    {
+      Faults f("malloc>1048576");
+      nativeError([&] { cuda.createLayer(dense(2048, 1024, true, 32, SketchKind::Gaussian, WeightLayout::InOut)); },
+                  "malloc>1MiB: a 2048x1024 layer");
+    }
+    LayerSpec s = dense(64, 16, false, 6, SketchKind::Gaussian, WeightLayout::InOut);
+    s.layerKey = 400;
+    std::unique_ptr<Layer> layer = cuda.createLayer(s);
+    Random rng(0x0044);
+    const std::vector<float> small = rng.structured(32, 64);
+    layer->sketchCovarianceDense(small.data(), 32, SketchInput{});
+    std::vector<float> pending(static_cast<size_t>(s.p() * s.r())), after(pending.size());
+    layer->readPendingCovariance(pending.data());
+    // 40000 rows of 64 floats: a 10 MB tile, far more than the arena holds so far.
+    const std::vector<float> large = rng.structured(40000, 64);
+    {
+      Faults f("malloc>1048576");
+      nativeError([&] { layer->sketchCovarianceDense(large.data(), 40000, SketchInput{}); },
+                  "malloc>1MiB: a statistics step needing a 10 MB tile");
+    }
+    layer->readPendingCovariance(after.data());
+    check(layer->hasPendingStatistics() && bitwiseEqual(pending, after),
+          "malloc>1MiB: the pending statistics are kept bit for bit after the failed step");
+    check(layer->sketchCovarianceDense(large.data(), 40000, SketchInput{}), "memory back: the same step succeeds");
+    std::unique_ptr<Layer> big = cuda.createLayer(dense(2048, 1024, true, 32, SketchKind::Gaussian, WeightLayout::InOut));
+    check(big != nullptr, "memory back: the large layer can be created");
+    ++cases;
+  }
+  o.number("cases", cases).boolean("ok", ok).add("failures", array(failures));
+  return o;
+}
+
 // --smoke: every benchmark's code path on three tiny layers (for the CUDA host emulation, which
 // runs the benchmark code to check it, not to time it: its figures mean nothing).
 std::vector<NetLayer> smokeNet() {
@@ -1040,6 +1243,12 @@ int main(int argc, char** argv) {
       bool batchOk = false;
       out.add("batchParity", batchParity(cpu, cuda, batchOk).json(2));
       allOk = allOk && batchOk;
+    }
+    // The failure paths, where the device is the host emulation (it injects the failures).
+    if (parity && cuda != nullptr && status.device.find("host emulation") != std::string::npos) {
+      bool faultsOk = false;
+      out.add("faults", faultChecks(cpu, *cuda, faultsOk).json(2));
+      allOk = allOk && faultsOk;
     }
     std::vector<std::string> results;
     double total = 0;

@@ -227,6 +227,17 @@ int choleskyHost(bool lower, Index n, double* a, Index lda) {
   return 0;
 }
 
+// An injected eigensolver failure (NYSACT_CUDA_EMU_FAULTS=syev): what non-convergence gives, NaN
+// eigenvalues and vectors and info = max(1, n - 1).
+template <typename T>
+int failEigen(Index n, T* a, Index lda, T* w) {
+  for (Index j = 0; j < n; ++j) {
+    w[j] = nan<T>();
+    for (Index i = 0; i < n; ++i) a[i + j * lda] = nan<T>();
+  }
+  return static_cast<int>(std::max<Index>(1, n - 1));
+}
+
 // Symmetric eigendecomposition of the n x n matrix a whose `uplo` triangle alone is read; eigenvalues
 // ascending into w; with `vectors`, the orthonormal eigenvectors overwrite a (column j belongs to
 // w[j]), otherwise a's `uplo` triangle is destroyed (NaN) and the other left as it was.
@@ -636,8 +647,11 @@ cusolverStatus_t cusolverDnDsyevd(cusolverDnHandle_t handle, cusolverEigMode_t j
       !operandOk(routine, "info", info, sizeof(int))) {
     return CUSOLVER_STATUS_SUCCESS;
   }
+  const bool injected = nysact_emu::injectFault("syev");
   nysact_emu::enqueue(stream, [=] {
-    *info = symmetricEigenHost<double>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, A, lda, W);
+    *info = injected ? failEigen<double>(n, A, lda, W)
+                     : symmetricEigenHost<double>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, A,
+                                                  lda, W);
     scribble(work, static_cast<size_t>(lwork) * sizeof(double));
   });
   return CUSOLVER_STATUS_SUCCESS;
@@ -683,10 +697,14 @@ cusolverStatus_t syevBatched(cudaStream_t stream, cusolverEigMode_t jobz, cublas
       !operandOk(routine, "bufferOnDevice", work, workBytes)) {
     return CUSOLVER_STATUS_SUCCESS;
   }
+  std::vector<bool> injected(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) injected[b] = nysact_emu::injectFault("syev");
   nysact_emu::enqueue(stream, [=] {
     for (int64_t b = 0; b < batch; ++b) {
-      info[b] = symmetricEigenHost<T>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n,
-                                      a + static_cast<size_t>(b) * matrixStride, lda, w + b * n);
+      T* ab = a + static_cast<size_t>(b) * matrixStride;
+      info[b] = injected[b] ? failEigen<T>(n, ab, lda, w + b * n)
+                            : symmetricEigenHost<T>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n,
+                                                    ab, lda, w + b * n);
     }
     scribble(work, workBytes);
   });
@@ -767,8 +785,9 @@ cusolverStatus_t cusolverDnDpotrf(cusolverDnHandle_t handle, cublasFillMode_t up
       !operandOk(routine, "devInfo", devInfo, sizeof(int))) {
     return CUSOLVER_STATUS_SUCCESS;
   }
+  const bool injected = nysact_emu::injectFault("potrf");
   nysact_emu::enqueue(stream, [=] {
-    *devInfo = choleskyHost(uplo == CUBLAS_FILL_MODE_LOWER, n, A, lda);
+    *devInfo = injected ? std::min(n, 1) : choleskyHost(uplo == CUBLAS_FILL_MODE_LOWER, n, A, lda);
     scribble(Workspace, static_cast<size_t>(Lwork) * sizeof(double));
   });
   return CUSOLVER_STATUS_SUCCESS;
@@ -792,11 +811,13 @@ cusolverStatus_t cusolverDnDpotrfBatched(cusolverDnHandle_t handle, cublasFillMo
       !operandOk(routine, "infoArray", infoArray, static_cast<size_t>(batchSize) * sizeof(int))) {
     return CUSOLVER_STATUS_SUCCESS;
   }
+  std::vector<bool> injected(static_cast<size_t>(batchSize));
+  for (int i = 0; i < batchSize; ++i) injected[i] = nysact_emu::injectFault("potrf");
   nysact_emu::enqueue(stream, [=] {
     for (int i = 0; i < batchSize; ++i) {
       const std::string name = "Aarray[" + std::to_string(i) + "]";
       if (!matrixOk(routine, name.c_str(), Aarray[i], n, n, lda, sizeof(double))) return;  // a faulting kernel
-      infoArray[i] = choleskyHost(uplo == CUBLAS_FILL_MODE_LOWER, n, Aarray[i], lda);
+      infoArray[i] = injected[i] ? std::min(n, 1) : choleskyHost(uplo == CUBLAS_FILL_MODE_LOWER, n, Aarray[i], lda);
     }
   });
   return CUSOLVER_STATUS_SUCCESS;
@@ -851,12 +872,14 @@ cusolverStatus_t cusolverDnDgesvd(cusolverDnHandle_t handle, signed char jobu, s
       !operandOk(routine, "info", info, sizeof(int))) {
     return CUSOLVER_STATUS_SUCCESS;
   }
+  const bool injected = nysact_emu::injectFault("gesvd");
   nysact_emu::enqueue(stream, [=] {
     scribble(work, static_cast<size_t>(lwork) * sizeof(double));
     *info = 0;
     if (m == 0 || n == 0) return;
     MatrixMap a(A, m, n, Eigen::OuterStride<>(lda));
-    const bool finite = a.allFinite();
+    // An injected failure (NYSACT_CUDA_EMU_FAULTS) behaves as non-finite input: NaN out, info > 0.
+    const bool finite = !injected && a.allFinite();
     const bool wantU = uColumns > 0 || uOver, wantV = vRows > 0 || vOver;
     unsigned int options = 0;
     if (wantU) options |= uAll ? Eigen::ComputeFullU : Eigen::ComputeThinU;

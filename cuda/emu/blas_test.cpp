@@ -64,6 +64,8 @@ void fault(const std::string& what) {
 }
 cudaError_t sticky() { return test_runtime::stickyError; }
 void setLastError(cudaError_t) {}
+bool injectFault(const char*) { return false; }
+size_t mallocLimit() { return SIZE_MAX; }
 }  // namespace nysact_emu
 #endif
 

@@ -47,4 +47,18 @@ cudaError_t sticky();
 // Records a launch error for cudaGetLastError (non-sticky, as on CUDA).
 void setLastError(cudaError_t error);
 
+// Fault injection, for tests of the backend's failure paths (read from the environment at every
+// call, so a process can change it between calls):
+//   NYSACT_CUDA_EMU_FAULTS=item[,item...]  with items
+//     malloc>BYTES    cudaMalloc of more than BYTES fails with cudaErrorMemoryAllocation
+//     syev[:N]        symmetric eigensolves (syevd, each matrix of XsyevBatched) report info = 1
+//     potrf[:N]       Cholesky factorisations (potrf, each matrix of potrfBatched) report info = 1
+//     gesvd[:N]       SVDs report info = 1
+//   Without :N every call fails; with it the next N calls (matrices) do, counted from when the
+//   variable last changed.
+// Whether the next `name` operation fails (consuming one of its count).
+bool injectFault(const char* name);
+// The malloc> limit in bytes (SIZE_MAX when none).
+size_t mallocLimit();
+
 }  // namespace nysact_emu

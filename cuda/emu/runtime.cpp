@@ -4,6 +4,8 @@
 #include <ucontext.h>
 
 #include <chrono>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -357,6 +359,57 @@ cudaError_t sticky() {
 
 void setLastError(cudaError_t error) { lastError = error; }
 
+namespace {
+
+std::mutex faultMutex;
+std::string faultSpec;                    // the NYSACT_CUDA_EMU_FAULTS value the counts belong to
+std::map<std::string, long> faultCounts;  // remaining failures; -1: every call
+size_t faultMallocLimit = SIZE_MAX;
+
+// Re-reads the variable; a changed value restarts the counts.  Caller holds faultMutex.
+void refreshFaults() {
+  const char* v = std::getenv("NYSACT_CUDA_EMU_FAULTS");
+  const std::string spec = v != nullptr ? v : "";
+  if (spec == faultSpec) return;
+  faultSpec = spec;
+  faultCounts.clear();
+  faultMallocLimit = SIZE_MAX;
+  size_t start = 0;
+  while (start <= spec.size()) {
+    size_t end = spec.find(',', start);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(start, end - start);
+    if (item.rfind("malloc>", 0) == 0) {
+      faultMallocLimit = static_cast<size_t>(std::strtoull(item.c_str() + 7, nullptr, 10));
+    } else if (!item.empty()) {
+      const size_t colon = item.find(':');
+      if (colon == std::string::npos) {
+        faultCounts[item] = -1;
+      } else {
+        faultCounts[item.substr(0, colon)] = std::strtol(item.c_str() + colon + 1, nullptr, 10);
+      }
+    }
+    start = end + 1;
+  }
+}
+
+}  // namespace
+
+bool injectFault(const char* name) {
+  std::lock_guard<std::mutex> lock(faultMutex);
+  refreshFaults();
+  auto it = faultCounts.find(name);
+  if (it == faultCounts.end() || it->second == 0) return false;
+  if (it->second > 0) --it->second;
+  return true;
+}
+
+size_t mallocLimit() {
+  std::lock_guard<std::mutex> lock(faultMutex);
+  refreshFaults();
+  return faultMallocLimit;
+}
+
 }  // namespace nysact_emu
 
 // ---- The cudart entry points -------------------------------------------------------------------
@@ -458,6 +511,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   if (ptr == nullptr) return nysact_emu::fail(cudaErrorInvalidValue);
   *ptr = nullptr;
   if (bytes == 0) return cudaSuccess;
+  if (bytes > nysact_emu::mallocLimit()) return nysact_emu::fail(cudaErrorMemoryAllocation);  // injected
   void* p = nysact_emu::registerBlock(bytes, false);
   if (p == nullptr) return nysact_emu::fail(cudaErrorMemoryAllocation);
   *ptr = p;

@@ -217,6 +217,15 @@ class Backend {
   // layers may have been rebuilt and others not (as when the per-layer loop stops part-way).
   virtual std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
                                                         NystromVariant variant);
+  // Before an optimizer step over these layers of this backend changes anything: allocates every
+  // piece of memory the step's commits, its inverse update (layers with factors[i]) and its fused
+  // steps with these operands' memory kinds will use, so that a step short of memory fails here
+  // with nothing changed.  Changes no state; throws BatchLayerError naming a layer, or
+  // nysact::Error.  The default does nothing: the CPU backend allocates nothing in a step.
+  virtual void reserveStep(const std::vector<Layer*>& layers, const std::vector<bool>& factors,
+                           const std::vector<StepOperands>& operands, double damping, NystromVariant variant) {
+    (void)layers, (void)factors, (void)operands, (void)damping, (void)variant;
+  }
   // Whether x[0..n) holds only finite values (x in memory of the given kind).
   virtual bool allFinite(const float* x, size_t n, MemoryKind kind) const = 0;
   // Waits for all work queued by this backend's layers; turns a device's asynchronous execution

@@ -107,6 +107,7 @@ void load() {
   resolve(handle, "nysact_cuda_nystrom_factors", api.nystromFactors, missing);
   resolve(handle, "nysact_cuda_nystrom_factors_batch", api.nystromFactorsBatch, missing);
   resolve(handle, "nysact_cuda_step", api.step, missing);
+  resolve(handle, "nysact_cuda_reserve_step", api.reserveStep, missing);
   resolve(handle, "nysact_cuda_synchronize", api.synchronize, missing);
   resolve(handle, "nysact_cuda_alloc", api.alloc, missing);
   resolve(handle, "nysact_cuda_free", api.free, missing);
@@ -153,6 +154,21 @@ FactorReport toReport(const nysact_cuda_factor_report& r) {
   report.attempts = r.attempts;
   report.detail = r.detail;
   return report;
+}
+
+// The C ABI's operands of a step.
+nysact_cuda_step_operands toCudaOperands(const StepOperands& o) {
+  nysact_cuda_step_operands ops{};
+  ops.struct_size = sizeof(ops);
+  ops.weight = o.weight;
+  ops.bias = o.bias;
+  ops.grad_weight = o.gradWeight;
+  ops.grad_bias = o.gradBias;
+  ops.weight_memory = static_cast<int32_t>(o.weightMemory);
+  ops.bias_memory = static_cast<int32_t>(o.biasMemory);
+  ops.grad_weight_memory = static_cast<int32_t>(o.gradWeightMemory);
+  ops.grad_bias_memory = static_cast<int32_t>(o.gradBiasMemory);
+  return ops;
 }
 
 class CudaLayerAdapter final : public Layer {
@@ -215,16 +231,7 @@ class CudaLayerAdapter final : public Layer {
   }
   nysact_cuda_layer* handle() const { return handle_; }
   void preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) override {
-    nysact_cuda_step_operands ops{};
-    ops.struct_size = sizeof(ops);
-    ops.weight = o.weight;
-    ops.bias = o.bias;
-    ops.grad_weight = o.gradWeight;
-    ops.grad_bias = o.gradBias;
-    ops.weight_memory = static_cast<int32_t>(o.weightMemory);
-    ops.bias_memory = static_cast<int32_t>(o.biasMemory);
-    ops.grad_weight_memory = static_cast<int32_t>(o.gradWeightMemory);
-    ops.grad_bias_memory = static_cast<int32_t>(o.gradBiasMemory);
+    const nysact_cuda_step_operands ops = toCudaOperands(o);
     nysact_cuda_step_scalars c{};
     c.struct_size = sizeof(c);
     c.lr = s.lr;
@@ -303,6 +310,34 @@ class CudaLayerAdapter final : public Layer {
 class CudaBackend final : public Backend {
  public:
   const char* name() const override { return "cuda"; }
+  void reserveStep(const std::vector<Layer*>& layers, const std::vector<bool>& factors,
+                   const std::vector<StepOperands>& operands, double damping, NystromVariant variant) override {
+    std::vector<nysact_cuda_layer*> handles;
+    std::vector<int32_t> rebuild;
+    std::vector<nysact_cuda_step_operands> ops;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto* adapter = dynamic_cast<const CudaLayerAdapter*>(layers[i]);
+      if (adapter == nullptr) {
+        throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "reserveStep: a layer of another backend"));
+      }
+      handles.push_back(adapter->handle());
+      rebuild.push_back(factors[i] ? 1 : 0);
+      ops.push_back(toCudaOperands(operands[i]));
+    }
+    int64_t failed = -1;
+    nysact_cuda_error error{};
+    const int32_t status = cudaApi()->reserveStep(handles.data(), rebuild.data(), ops.data(),
+                                                  static_cast<int64_t>(handles.size()), damping,
+                                                  static_cast<int32_t>(variant), &failed, &error);
+    if (status != NYSACT_CUDA_OK && failed >= 0 && static_cast<size_t>(failed) < layers.size()) {
+      try {
+        checkCuda(status, error);
+      } catch (const Error& e) {
+        throw BatchLayerError(static_cast<size_t>(failed), e);
+      }
+    }
+    checkCuda(status, error);
+  }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override {
     return std::make_unique<CudaLayerAdapter>(*cudaApi(), spec);
   }

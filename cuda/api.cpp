@@ -339,6 +339,45 @@ int32_t nysact_cuda_nystrom_factors_batch(nysact_cuda_layer* const* handles, int
   return status;
 }
 
+int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* handles, const int32_t* factors,
+                                 const nysact_cuda_step_operands* operands, int64_t count, double damping,
+                                 int32_t variant, int64_t* failed_layer, nysact_cuda_error* error) {
+  if (failed_layer != nullptr) *failed_layer = -1;
+  int64_t failed = -1;
+  const int32_t status = guarded(error, [&] {
+    if (count < 0 || (count > 0 && (handles == nullptr || factors == nullptr || operands == nullptr))) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers, factor flags or operands");
+    }
+    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
+    std::vector<bool> rebuild(static_cast<size_t>(count));
+    std::vector<StepOperands> kinds(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      failed = i;
+      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
+      requireStruct(operands[i].struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
+      rebuild[static_cast<size_t>(i)] = factors[i] != 0;
+      StepOperands& o = kinds[static_cast<size_t>(i)];  // only the memory kinds are read
+      o.weightMemory = memoryKind(operands[i].weight_memory);
+      o.biasMemory = memoryKind(operands[i].bias_memory);
+      o.gradWeightMemory = memoryKind(operands[i].grad_weight_memory);
+      o.gradBiasMemory = memoryKind(operands[i].grad_bias_memory);
+    }
+    failed = -1;
+    if (count == 0) return;
+    Context& ctx = layers.front()->context();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    try {
+      CudaLayer::reserveStep(layers, rebuild, kinds, damping, static_cast<NystromVariant>(variant));
+    } catch (const BatchLayerError& e) {
+      failed = static_cast<int64_t>(e.index());
+      throw;
+    }
+  });
+  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
+  return status;
+}
+
 int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_operands* operands,
                          const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {

@@ -232,10 +232,10 @@ FactorReport CudaLayer::nystromFactors(double damping, NystromVariant variant) {
   requirePreconditioned("nystromFactors");
   NystromDeviceInput in;
   NystromDeviceResult result;
-  DeviceArray<float> candidate;
-  if (factorInput(damping, variant, in, result.report)) result = cuda::nystromFactors(ctx_, in, candidate);
+  // U goes straight into basis_: cuda::nystromFactors writes it only once every check has passed
+  // (so a failed rebuild leaves the previous factors), and no second p x k array is allocated.
+  if (factorInput(damping, variant, in, result.report)) result = cuda::nystromFactors(ctx_, in, basis_);
   if (result.ok) {
-    basis_.swap(candidate);
     upload(ctx_, coefficients_, result.coefficients);
     ctx_.synchronize();
   }
@@ -324,41 +324,48 @@ size_t stagedCount(MemoryKind kind, size_t count) { return kind == MemoryKind::D
 
 }  // namespace
 
+CudaLayer::StepLayout CudaLayer::stepLayout(const StepOperands& o) const {
+  const size_t n = static_cast<size_t>(spec_.weightSize());
+  StepLayout l{};
+  ScratchPlan plan;
+  l.oW = plan.add<float>(stagedCount(o.weightMemory, n));
+  l.oG = plan.add<float>(stagedCount(o.gradWeightMemory, n));
+  if (spec_.kind != LayerKind::Plain) {
+    const size_t qBias = spec_.bias ? static_cast<size_t>(spec_.fanOut) : 0;
+    l.oB = plan.add<float>(stagedCount(o.biasMemory, qBias));
+    l.oGb = plan.add<float>(stagedCount(o.gradBiasMemory, qBias));
+    l.oM = plan.add<float>(static_cast<size_t>(spec_.fanOut) * static_cast<size_t>(k_));
+  }
+  l.total = plan.total();
+  return l;
+}
+
 void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) {
   const size_t n = static_cast<size_t>(spec_.weightSize());
+  const StepLayout L = stepLayout(o);
   if (spec_.kind == LayerKind::Plain) {
-    ScratchPlan plan;
-    const size_t oW = plan.add<float>(stagedCount(o.weightMemory, n));
-    const size_t oG = plan.add<float>(stagedCount(o.gradWeightMemory, n));
-    char* base = plan.total() > 0 ? ctx_.scratch(plan.total()) : nullptr;
-    float* w = onDevice(ctx_, o.weight, o.weightMemory, base, oW, n);
-    const float* g = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, oG, n);
+    char* base = L.total > 0 ? ctx_.scratch(L.total) : nullptr;
+    float* w = onDevice(ctx_, o.weight, o.weightMemory, base, L.oW, n);
+    const float* g = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, L.oG, n);
     cuda::momentumStep(ctx_, static_cast<int64_t>(n), w, g, momentum_.data(), s);
     if (o.weightMemory != MemoryKind::Device) copyToHost(ctx_, o.weight, w, n * sizeof(float));
     return;
   }
   if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
   const size_t q = static_cast<size_t>(spec_.fanOut);
-  const size_t qBias = spec_.bias ? q : 0;
-  ScratchPlan plan;
-  const size_t oW = plan.add<float>(stagedCount(o.weightMemory, n));
-  const size_t oG = plan.add<float>(stagedCount(o.gradWeightMemory, n));
-  const size_t oB = plan.add<float>(stagedCount(o.biasMemory, qBias));
-  const size_t oGb = plan.add<float>(stagedCount(o.gradBiasMemory, qBias));
-  const size_t oM = plan.add<float>(q * static_cast<size_t>(k_));
-  char* base = ctx_.scratch(plan.total());
+  char* base = ctx_.scratch(L.total);
   DeviceStep d;
   d.basis = basis_.data();
   d.coefficients = coefficients_.data();
   d.k = k_;
   d.inverseDamping = static_cast<float>(inverseDamping_);
-  d.weight = onDevice(ctx_, o.weight, o.weightMemory, base, oW, n);
-  d.gradWeight = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, oG, n);
+  d.weight = onDevice(ctx_, o.weight, o.weightMemory, base, L.oW, n);
+  d.gradWeight = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, L.oG, n);
   d.momentum = momentum_.data();
-  d.scratchM = piece<float>(base, oM);
+  d.scratchM = piece<float>(base, L.oM);
   if (spec_.bias) {
-    d.bias = onDevice(ctx_, o.bias, o.biasMemory, base, oB, q);
-    d.gradBias = onDevice(ctx_, o.gradBias, o.gradBiasMemory, base, oGb, q);
+    d.bias = onDevice(ctx_, o.bias, o.biasMemory, base, L.oB, q);
+    d.gradBias = onDevice(ctx_, o.gradBias, o.gradBiasMemory, base, L.oGb, q);
     d.biasMomentum = biasMomentum_.data();
   }
   cuda::preconditionedMomentumStep(ctx_, spec_, d, s);
@@ -366,12 +373,41 @@ void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScal
   if (spec_.bias && o.biasMemory != MemoryKind::Device) copyToHost(ctx_, o.bias, d.bias, q * sizeof(float));
 }
 
+void CudaLayer::reserveStep(const std::vector<CudaLayer*>& layers, const std::vector<bool>& factors,
+                            const std::vector<StepOperands>& operands, double damping, NystromVariant variant) {
+  if (layers.empty()) return;
+  Context& ctx = layers.front()->context();
+  size_t scratch = 0;
+  std::vector<NystromDeviceInput> rebuilds;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    CudaLayer& l = *layers[i];
+    if (&l.context() != &ctx) throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "a step plan needs layers of one device"));
+    scratch = std::max(scratch, l.stepLayout(operands[i]).total);
+    if (factors[i] && l.spec_.kind != LayerKind::Plain) {
+      // The arrays a rebuild writes (unused, and not exported, until the layer has factors).
+      if (l.basis_.empty()) l.basis_.resize(static_cast<size_t>(l.p_ * l.k_));
+      if (l.coefficients_.empty()) l.coefficients_.resize(static_cast<size_t>(l.k_));
+      NystromDeviceInput in;
+      in.p = l.p_;
+      in.k = l.k_;
+      in.full = l.spec_.fullCovariance();
+      in.damping = damping;
+      in.variant = variant;
+      rebuilds.push_back(in);
+    }
+  }
+  if (scratch > 0) (void)ctx.scratch(scratch);
+  reserveNystrom(ctx, rebuilds, !perLayerFactors());
+}
+
 void CudaLayer::exportState(LayerState& out) const {
   out.ema = download(ctx_, ema_);
   out.sketch = download(ctx_, sketch_);
   out.indices = indices_;
-  out.basis = download(ctx_, basis_);
-  out.coefficients = download(ctx_, coefficients_);
+  // Without factors the arrays may exist (reserved by a step plan) but hold nothing: exported
+  // empty, as the CPU backend's are.
+  out.basis = hasFactors_ ? download(ctx_, basis_) : std::vector<float>();
+  out.coefficients = hasFactors_ ? download(ctx_, coefficients_) : std::vector<float>();
   out.momentum = download(ctx_, momentum_);
   out.biasMomentum = download(ctx_, biasMomentum_);
   ctx_.synchronize();

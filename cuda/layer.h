@@ -45,6 +45,13 @@ class CudaLayer {
   // Enqueued on the context's stream; the caller synchronises (Context::synchronize) before it reads
   // host operands back.  Device operands are used in place: no copy at all.
   void preconditionedMomentumStep(const StepOperands& operands, const StepScalars& s);
+  // Before a step plan over these layers (of one context) changes anything: allocates every piece
+  // of device memory its commits, its inverse update (layers with factors[i], batched or per
+  // layer) and its fused steps with these operand kinds will use — factor arrays, the scratch and
+  // staging regions — so that a step short of device memory fails here, with nothing changed.
+  // Throws BatchLayerError naming a layer of another context.
+  static void reserveStep(const std::vector<CudaLayer*>& layers, const std::vector<bool>& factors,
+                          const std::vector<StepOperands>& operands, double damping, NystromVariant variant);
   void exportState(LayerState& out) const;
   void importState(const LayerState& in);
   size_t stateBytes() const;
@@ -53,6 +60,11 @@ class CudaLayer {
   bool sketchResident(const float* deviceX, int64_t rows, const ConvInput* conv);
 
  private:
+  // The fused step's pieces of the scratch arena (operands staged from host memory, M = G U).
+  struct StepLayout {
+    size_t oW, oG, oB, oGb, oM, total;
+  };
+  StepLayout stepLayout(const StepOperands& o) const;
   void requirePreconditioned(const char* what) const;
   void requirePending() const;
   // The pending-sketch candidate for this statistics step (device / host indices).

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define NYSACT_CUDA_ABI_VERSION 4
+#define NYSACT_CUDA_ABI_VERSION 5
 
 #if defined(NYSACT_CUDA_BUILDING_LIBRARY)
 #define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
@@ -155,6 +155,16 @@ NYSACT_CUDA_EXPORT int32_t nysact_cuda_nystrom_factors_batch(nysact_cuda_layer* 
                                                              double damping, int32_t variant,
                                                              nysact_cuda_factor_report* reports, int64_t* failed_layer,
                                                              nysact_cuda_error* error);
+/* Before an optimizer step over `count` layers of one device changes anything (ABI 5): allocates
+ * every piece of device memory the step's commits, its inverse update (layers with factors[i] != 0,
+ * batched as nysact_cuda_nystrom_factors_batch would run it, or per layer) and its fused steps
+ * with operands[i]'s memory kinds (only the kinds are read) will use, so that a step short of
+ * device memory fails here with nothing changed.  Changes no optimizer state.  On failure
+ * *failed_layer is the index of the layer it belongs to, or -1. */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* layers, const int32_t* factors,
+                                                    const nysact_cuda_step_operands* operands, int64_t count,
+                                                    double damping, int32_t variant, int64_t* failed_layer,
+                                                    nysact_cuda_error* error);
 /* Enqueues the fused step on the context's stream and returns: the results in the operands (and
  * errors of the kernels' execution) are there after nysact_cuda_synchronize.  Pageable host
  * operands are read before it returns (the CUDA runtime stages them); writing them back is

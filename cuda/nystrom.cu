@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <tuple>
@@ -108,14 +109,58 @@ bool solverSucceeded(Context& ctx, const int* info, const char* routine) {
 
 // Symmetric eigendecomposition of the lower triangle of a (n x n, column-major, overwritten by the
 // eigenvectors); eigenvalues ascending into lambda (device).  Returns false on a numerical failure.
+// The workspace is the context's staging region.
 bool symmetricEigen(Context& ctx, double* a, int n, double* lambda, int* info) {
   int lwork = 0;
   NYSACT_CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(ctx.cusolver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
                                                     n, a, n, lambda, &lwork));
-  DeviceBuffer work(static_cast<size_t>(std::max(lwork, 1)) * sizeof(double));
+  double* work = reinterpret_cast<double*>(ctx.staging(static_cast<size_t>(std::max(lwork, 1)) * sizeof(double)));
   NYSACT_CUSOLVER_CHECK(cusolverDnDsyevd(ctx.cusolver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n,
-                                         lambda, work.as<double>(), lwork, info));
+                                         lambda, work, lwork, info));
   return solverSucceeded(ctx, info, "cusolverDnDsyevd");
+}
+
+// The per-layer path's pieces of the scratch arena (nystromFactors carves them; reserveNystrom
+// sizes the arena with the same layout).
+struct PerLayerLayout {
+  size_t oChat, oS, oY, oB, oU, oW, oWh, oVd, oVt, oLambda, oScale, oSigma, oRwork, oIndices, oInfo, total;
+};
+
+PerLayerLayout perLayerLayout(int64_t p, int64_t k, bool full) {
+  PerLayerLayout l;
+  ScratchPlan plan;
+  l.oChat = plan.add<double>(static_cast<size_t>(p * k));
+  l.oS = plan.add<double>(full ? 0 : static_cast<size_t>(p * k));
+  l.oY = plan.add<double>(full ? 0 : static_cast<size_t>(p * k));
+  l.oB = plan.add<double>(full ? static_cast<size_t>(p * p) : static_cast<size_t>(p * k));
+  l.oU = plan.add<double>(full ? 0 : static_cast<size_t>(p * k));
+  l.oW = plan.add<double>(static_cast<size_t>(k * k));
+  l.oWh = plan.add<double>(static_cast<size_t>(k * k));
+  l.oVd = plan.add<double>(static_cast<size_t>(k * k));
+  l.oVt = plan.add<double>(static_cast<size_t>(k * k));
+  l.oLambda = plan.add<double>(static_cast<size_t>(k));
+  l.oScale = plan.add<double>(static_cast<size_t>(k));
+  l.oSigma = plan.add<double>(static_cast<size_t>(k));
+  l.oRwork = plan.add<double>(static_cast<size_t>(k));
+  l.oIndices = plan.add<int32_t>(static_cast<size_t>(k));
+  l.oInfo = plan.add<int>(1);
+  l.total = plan.total();
+  return l;
+}
+
+// Bytes of the per-layer path's largest cuSOLVER workspace (syevd of W, or of the full covariance;
+// potrf; gesvd), taken from the staging region.
+size_t perLayerWorkspaceBytes(Context& ctx, int64_t p, int64_t k, bool full) {
+  const int pi = toInt(p, "p"), ki = toInt(k, "rank");
+  int syevd = 0, potrf = 0, gesvd = 0;
+  const int n = full ? pi : ki;
+  NYSACT_CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(ctx.cusolver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
+                                                    n, nullptr, n, nullptr, &syevd));
+  if (!full) {
+    NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, nullptr, ki, &potrf));
+    NYSACT_CUSOLVER_CHECK(cusolverDnDgesvd_bufferSize(ctx.cusolver(), pi, ki, &gesvd));
+  }
+  return static_cast<size_t>(std::max({syevd, potrf, gesvd, 1})) * sizeof(double);
 }
 
 std::vector<double> toHost(Context& ctx, const double* device, int64_t n) {
@@ -139,26 +184,11 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   const int pi = toInt(p, "p"), ki = toInt(k, "rank");
   const double denominator = 1.0 - in.decayProduct;
 
-  ScratchPlan plan;
-  const size_t oChat = plan.add<double>(static_cast<size_t>(p * k));
-  const size_t oS = plan.add<double>(in.full ? 0 : static_cast<size_t>(p * k));
-  const size_t oY = plan.add<double>(in.full ? 0 : static_cast<size_t>(p * k));
-  const size_t oB = plan.add<double>(in.full ? static_cast<size_t>(p * p) : static_cast<size_t>(p * k));
-  const size_t oU = plan.add<double>(in.full ? 0 : static_cast<size_t>(p * k));
-  const size_t oW = plan.add<double>(static_cast<size_t>(k * k));
-  const size_t oWh = plan.add<double>(static_cast<size_t>(k * k));
-  const size_t oVd = plan.add<double>(static_cast<size_t>(k * k));
-  const size_t oVt = plan.add<double>(static_cast<size_t>(k * k));
-  const size_t oLambda = plan.add<double>(static_cast<size_t>(k));
-  const size_t oScale = plan.add<double>(static_cast<size_t>(k));
-  const size_t oSigma = plan.add<double>(static_cast<size_t>(k));
-  const size_t oRwork = plan.add<double>(static_cast<size_t>(k));
-  const size_t oIndices = plan.add<int32_t>(static_cast<size_t>(k));
-  const size_t oInfo = plan.add<int>(1);
-  char* base = ctx.scratch(plan.total());
-  double* chat = piece<double>(base, oChat);
-  double* lambda = piece<double>(base, oLambda);
-  int* info = piece<int>(base, oInfo);
+  const PerLayerLayout L = perLayerLayout(p, k, in.full);
+  char* base = ctx.scratch(L.total);
+  double* chat = piece<double>(base, L.oChat);
+  double* lambda = piece<double>(base, L.oLambda);
+  int* info = piece<int>(base, L.oInfo);
 
   ctx.resetFlag();
   NYSACT_LAUNCH(biasCorrectedKernel, blocksFor(p * k), kThreads, ctx.stream())(in.ema, p, k, denominator, chat, ctx.flag());
@@ -171,7 +201,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
 
   if (in.full) {
     // P = (Ĉ + ρI)⁻¹ = Q diag(1/(μ+ρ)) Qᵀ, stored as the full eigenbasis with c = 1/(μ+ρ) − 1/ρ.
-    double* q = piece<double>(base, oB);
+    double* q = piece<double>(base, L.oB);
     NYSACT_LAUNCH(symmetrizeKernel, blocksFor(p * p), kThreads, ctx.stream())(chat, p, q);
     NYSACT_CUDA_CHECK_LAUNCH();
     const bool converged = symmetricEigen(ctx, q, pi, lambda, info);
@@ -193,11 +223,11 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
     return out;
   }
 
-  double* s = piece<double>(base, oS);
-  double* y = piece<double>(base, oY);
-  double* w = piece<double>(base, oW);
+  double* s = piece<double>(base, L.oS);
+  double* y = piece<double>(base, L.oY);
+  double* w = piece<double>(base, L.oW);
   if (in.indices != nullptr) {
-    int32_t* indices = piece<int32_t>(base, oIndices);
+    int32_t* indices = piece<int32_t>(base, L.oIndices);
     copyToDevice(ctx, indices, in.indices->data(), static_cast<size_t>(k) * sizeof(int32_t));
     NYSACT_CUDA_CHECK(cudaMemsetAsync(s, 0, static_cast<size_t>(p * k) * sizeof(double), ctx.stream()));
     NYSACT_LAUNCH(selectorKernel, blocksFor(k), kThreads, ctx.stream())(indices, p, k, s);
@@ -219,12 +249,14 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   const std::vector<double> lambdaHost = toHost(ctx, lambda, k);
   double shift = std::fabs(*std::min_element(lambdaHost.begin(), lambdaHost.end())) + rho;
 
-  double* wh = piece<double>(base, oWh);
-  double* vd = piece<double>(base, oVd);
-  double* scale = piece<double>(base, oScale);
+  double* wh = piece<double>(base, L.oWh);
+  double* vd = piece<double>(base, L.oVd);
+  double* scale = piece<double>(base, L.oScale);
   int lworkPotrf = 0;
   NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, wh, ki, &lworkPotrf));
-  DeviceBuffer potrfWork(static_cast<size_t>(std::max(lworkPotrf, 1)) * sizeof(double));
+  // The workspaces come from the context's staging region (reserved with the rest before a step
+  // plan changes anything: reserveNystrom).
+  double* potrfWork = reinterpret_cast<double*>(ctx.staging(static_cast<size_t>(std::max(lworkPotrf, 1)) * sizeof(double)));
   std::vector<double> scaleHost(static_cast<size_t>(k));
   int attempts = 0;
   constexpr int kMaxAttempts = 4;
@@ -235,7 +267,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
     NYSACT_LAUNCH(scaleColumnsKernel, blocksFor(k * k), kThreads, ctx.stream())(w, k, scale, vd);
     NYSACT_CUDA_CHECK_LAUNCH();
     NYSACT_CUBLAS_CHECK(cublasDgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ki, ki, ki, &one, vd, ki, w, ki, &zero, wh, ki));
-    NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, wh, ki, potrfWork.as<double>(),
+    NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, wh, ki, potrfWork,
                                            lworkPotrf, info));
     if (solverSucceeded(ctx, info, "cusolverDnDpotrf")) {
       ctx.resetFlag();
@@ -262,7 +294,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
 
   // Reference: B L = Y.  Textbook: B = Y L⁻ᵀ, i.e. B Lᵀ = Y.  (binding/cpu/nystrom.cpp solves the
   // transposed systems; these are the same equations.)
-  double* b = piece<double>(base, oB);
+  double* b = piece<double>(base, L.oB);
   NYSACT_CUDA_CHECK(cudaMemcpyAsync(b, y, static_cast<size_t>(p * k) * sizeof(double), cudaMemcpyDeviceToDevice,
                                     ctx.stream()));
   NYSACT_CUBLAS_CHECK(cublasDtrsm(ctx.cublas(), CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER,
@@ -270,16 +302,16 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
                                   CUBLAS_DIAG_NON_UNIT, pi, ki, &one, wh, ki, b, pi));
 
   // Thin SVD B = U Σ Vᵀ (p >= k always holds for a sketched layer: k = min(rank, p) < p).
-  double* u = piece<double>(base, oU);
-  double* sigma = piece<double>(base, oSigma);
-  double* vt = piece<double>(base, oVt);
-  double* rwork = piece<double>(base, oRwork);
+  double* u = piece<double>(base, L.oU);
+  double* sigma = piece<double>(base, L.oSigma);
+  double* vt = piece<double>(base, L.oVt);
+  double* rwork = piece<double>(base, L.oRwork);
   int lworkSvd = 0;
   NYSACT_CUSOLVER_CHECK(cusolverDnDgesvd_bufferSize(ctx.cusolver(), pi, ki, &lworkSvd));
-  DeviceBuffer svdWork(static_cast<size_t>(std::max(lworkSvd, 1)) * sizeof(double));
+  double* svdWork = reinterpret_cast<double*>(ctx.staging(static_cast<size_t>(std::max(lworkSvd, 1)) * sizeof(double)));
   signed char jobu = 'S', jobvt = 'N';
   NYSACT_CUSOLVER_CHECK(cusolverDnDgesvd(ctx.cusolver(), jobu, jobvt, pi, ki, b, pi, sigma, u, pi, vt, ki,
-                                         svdWork.as<double>(), lworkSvd, rwork, info));
+                                         svdWork, lworkSvd, rwork, info));
   const bool svdConverged = solverSucceeded(ctx, info, "cusolverDnDgesvd");
   if (!svdConverged || anyNonFinite(ctx, sigma, k) || anyNonFinite(ctx, u, p * k)) {
     out.report.status = FactorStatus::KeptPrevious;
@@ -459,6 +491,61 @@ class SolverParams {
   cusolverDnParams_t params_ = nullptr;
 };
 
+// A batched group's pieces of the scratch arena for members of fan-in ps and rank k (runGroup
+// carves them; reserveNystrom sizes the arena with the same layout).
+struct GroupLayout {
+  size_t oLayers, oIndices, oPtrL, oPtrG, uploadBytes;
+  size_t oInfoW, oInfoL, oInfoG, oFlags, oShift, summaryBytes;
+  size_t oStores, oSY, oWM, oW, oM, oVD, oWh, oLambda, oSigma2, oU, oCoefficients, total;
+};
+
+GroupLayout groupLayout(int64_t k, const std::vector<int64_t>& ps) {
+  const size_t n = ps.size();
+  const int64_t kk = k * k;
+  int64_t syTotal = 0, uTotal = 0;
+  for (int64_t p : ps) {
+    syTotal += 2 * p * k;
+    uTotal += p * k;
+  }
+  GroupLayout l;
+  ScratchPlan plan;
+  // Uploaded in one copy: descriptors, subcolumn indices, the pointer arrays of the batched calls.
+  l.oLayers = plan.add<BatchLayer>(n);
+  l.oIndices = plan.add<int32_t>(n * static_cast<size_t>(k));
+  l.oPtrL = plan.add<double*>(n);
+  l.oPtrG = plan.add<double*>(n);
+  l.uploadBytes = plan.total();
+  // Read back in one copy after the one synchronisation: the three solver infos, flags, shifts.
+  l.oInfoW = plan.add<int>(n);
+  l.oInfoL = plan.add<int>(n);
+  l.oInfoG = plan.add<int>(n);
+  l.oFlags = plan.add<int>(n);
+  l.oShift = plan.add<double>(n);
+  l.summaryBytes = plan.total() - l.oInfoW;
+  l.oStores = plan.add<BatchStore>(n);
+  l.oSY = plan.add<double>(static_cast<size_t>(syTotal));
+  l.oWM = plan.add<double>(2 * n * static_cast<size_t>(kk));
+  l.oW = plan.add<double>(n * static_cast<size_t>(kk));
+  l.oM = plan.add<double>(n * static_cast<size_t>(kk));
+  l.oVD = plan.add<double>(n * static_cast<size_t>(kk));
+  l.oWh = plan.add<double>(n * static_cast<size_t>(kk));
+  l.oLambda = plan.add<double>(n * static_cast<size_t>(k));
+  l.oSigma2 = plan.add<double>(n * static_cast<size_t>(k));
+  l.oU = plan.add<double>(static_cast<size_t>(uTotal));
+  l.oCoefficients = plan.add<float>(n * static_cast<size_t>(k));
+  l.total = plan.total();
+  return l;
+}
+
+// The device workspace of cusolverDnXsyevBatched for `count` k x k matrices (staging region).
+size_t eigenBatchedWorkspaceBytes(Context& ctx, cusolverDnParams_t params, int64_t k, int64_t count, size_t* hostBytes) {
+  size_t deviceBytes = 0;
+  NYSACT_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(ctx.cusolver(), params, CUSOLVER_EIG_MODE_VECTOR,
+                                                          CUBLAS_FILL_MODE_LOWER, k, CUDA_R_64F, nullptr, k, CUDA_R_64F,
+                                                          nullptr, CUDA_R_64F, &deviceBytes, hostBytes, count));
+  return std::max<size_t>(deviceBytes, 256);
+}
+
 // Eigendecomposition of the lower triangles of `count` k x k matrices stored one after the other
 // (overwritten by the eigenvectors), eigenvalues ascending into values (count x k).  The device
 // workspace lives in the context's staging region, the host workspace (if any) in hostWork, which
@@ -504,67 +591,46 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
     widest = std::max(widest, in.p * k);
   }
 
-  ScratchPlan plan;
-  // Uploaded in one copy: descriptors, subcolumn indices, the pointer arrays of the batched calls.
-  const size_t oLayers = plan.add<BatchLayer>(members.size());
-  const size_t oIndices = plan.add<int32_t>(static_cast<size_t>(n * k));
-  const size_t oPtrL = plan.add<double*>(members.size());
-  const size_t oPtrG = plan.add<double*>(members.size());
-  const size_t uploadBytes = plan.total();
-  // Read back in one copy after the one synchronisation: the three solver infos, flags, shifts.
-  const size_t oInfoW = plan.add<int>(members.size());
-  const size_t oInfoL = plan.add<int>(members.size());
-  const size_t oInfoG = plan.add<int>(members.size());
-  const size_t oFlags = plan.add<int>(members.size());
-  const size_t oShift = plan.add<double>(members.size());
-  const size_t summaryBytes = plan.total() - oInfoW;
-  const size_t oStores = plan.add<BatchStore>(members.size());
-  const size_t oSY = plan.add<double>(static_cast<size_t>(syTotal));
-  const size_t oWM = plan.add<double>(static_cast<size_t>(2 * n * kk));
-  const size_t oW = plan.add<double>(static_cast<size_t>(n * kk));
-  const size_t oM = plan.add<double>(static_cast<size_t>(n * kk));
-  const size_t oVD = plan.add<double>(static_cast<size_t>(n * kk));
-  const size_t oWh = plan.add<double>(static_cast<size_t>(n * kk));
-  const size_t oLambda = plan.add<double>(static_cast<size_t>(n * k));
-  const size_t oSigma2 = plan.add<double>(static_cast<size_t>(n * k));
-  const size_t oU = plan.add<double>(static_cast<size_t>(uTotal));
-  const size_t oCoefficients = plan.add<float>(static_cast<size_t>(n * k));
-  char* base = ctx.scratch(plan.total());
-  const BatchLayer* dLayers = piece<BatchLayer>(base, oLayers);
-  int* infoW = piece<int>(base, oInfoW);
-  int* infoL = piece<int>(base, oInfoL);
-  int* infoG = piece<int>(base, oInfoG);
-  int* flags = piece<int>(base, oFlags);
-  double* shift = piece<double>(base, oShift);
-  double* sy = piece<double>(base, oSY);
-  double* wm = piece<double>(base, oWM);
-  double* w = piece<double>(base, oW);
-  double* m = piece<double>(base, oM);
-  double* vd = piece<double>(base, oVD);
-  double* wh = piece<double>(base, oWh);
-  double* lambda = piece<double>(base, oLambda);
-  double* sigma2 = piece<double>(base, oSigma2);
-  double* u = piece<double>(base, oU);
-  float* coefficients = piece<float>(base, oCoefficients);
+  std::vector<int64_t> ps(members.size());
+  for (size_t j = 0; j < members.size(); ++j) ps[j] = items[members[j]].p;
+  const GroupLayout L = groupLayout(k, ps);
+  const size_t uploadBytes = L.uploadBytes, summaryBytes = L.summaryBytes;
+  char* base = ctx.scratch(L.total);
+  const BatchLayer* dLayers = piece<BatchLayer>(base, L.oLayers);
+  int* infoW = piece<int>(base, L.oInfoW);
+  int* infoL = piece<int>(base, L.oInfoL);
+  int* infoG = piece<int>(base, L.oInfoG);
+  int* flags = piece<int>(base, L.oFlags);
+  double* shift = piece<double>(base, L.oShift);
+  double* sy = piece<double>(base, L.oSY);
+  double* wm = piece<double>(base, L.oWM);
+  double* w = piece<double>(base, L.oW);
+  double* m = piece<double>(base, L.oM);
+  double* vd = piece<double>(base, L.oVD);
+  double* wh = piece<double>(base, L.oWh);
+  double* lambda = piece<double>(base, L.oLambda);
+  double* sigma2 = piece<double>(base, L.oSigma2);
+  double* u = piece<double>(base, L.oU);
+  float* coefficients = piece<float>(base, L.oCoefficients);
 
   std::vector<char> upload(uploadBytes, 0);
   for (size_t j = 0; j < members.size(); ++j) {
     const NystromDeviceInput& in = items[members[j]];
     if (in.sketch == nullptr) {
-      const size_t offset = oIndices + j * static_cast<size_t>(k) * sizeof(int32_t);
+      const size_t offset = L.oIndices + j * static_cast<size_t>(k) * sizeof(int32_t);
       std::memcpy(upload.data() + offset, in.indices->data(), static_cast<size_t>(k) * sizeof(int32_t));
       layers[j].indices = piece<int32_t>(base, offset);
     }
     double* l = wh + static_cast<int64_t>(j) * kk;
     double* g = m + static_cast<int64_t>(j) * kk;
-    std::memcpy(upload.data() + oPtrL + j * sizeof(double*), &l, sizeof(double*));
-    std::memcpy(upload.data() + oPtrG + j * sizeof(double*), &g, sizeof(double*));
+    std::memcpy(upload.data() + L.oPtrL + j * sizeof(double*), &l, sizeof(double*));
+    std::memcpy(upload.data() + L.oPtrG + j * sizeof(double*), &g, sizeof(double*));
   }
-  std::memcpy(upload.data() + oLayers, layers.data(), layers.size() * sizeof(BatchLayer));
+  std::memcpy(upload.data() + L.oLayers, layers.data(), layers.size() * sizeof(BatchLayer));
   copyToDevice(ctx, base, upload.data(), uploadBytes);
-  NYSACT_CUDA_CHECK(cudaMemsetAsync(base + oInfoW, 0, summaryBytes, ctx.stream()));
-  double** ptrL = piece<double*>(base, oPtrL);
-  double** ptrG = piece<double*>(base, oPtrG);
+  NYSACT_CUDA_CHECK(cudaMemsetAsync(base + L.oInfoW, 0, summaryBytes, ctx.stream()));
+  double** ptrL = piece<double*>(base, L.oPtrL);
+  double** ptrG = piece<double*>(base, L.oPtrG);
 
   const dim3 perElement(blocksFor(widest), static_cast<unsigned int>(n));
   const dim3 perMatrix(blocksFor(kk), static_cast<unsigned int>(n));
@@ -622,15 +688,15 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
 
   // The group's one synchronisation.
   std::vector<char> summary(summaryBytes);
-  copyToHost(ctx, summary.data(), base + oInfoW, summaryBytes);
+  copyToHost(ctx, summary.data(), base + L.oInfoW, summaryBytes);
   ctx.synchronize();
-  auto at = [&](size_t offset, size_t j, size_t size) { return offset - oInfoW + j * size; };
+  auto at = [&](size_t offset, size_t j, size_t size) { return offset - L.oInfoW + j * size; };
 
   // cuSOLVER info < 0 is a wrong argument (our bug): an error naming the layer, before any layer
   // is touched.
   for (size_t j = 0; j < members.size(); ++j) {
     const std::pair<size_t, const char*> calls[] = {
-        {oInfoW, "cusolverDnXsyevBatched (SᵀY)"}, {oInfoL, "cusolverDnDpotrfBatched"}, {oInfoG, "cusolverDnXsyevBatched (Gram)"}};
+        {L.oInfoW, "cusolverDnXsyevBatched (SᵀY)"}, {L.oInfoL, "cusolverDnDpotrfBatched"}, {L.oInfoG, "cusolverDnXsyevBatched (Gram)"}};
     for (const auto& [offset, routine] : calls) {
       const int value = readAt<int>(summary, at(offset, j, sizeof(int)));
       if (value < 0) {
@@ -644,11 +710,11 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
   std::vector<BatchStore> stores;
   for (size_t j = 0; j < members.size(); ++j) {
     NystromBatchOutcome& o = out[members[j]];
-    const int eigenInfo = readAt<int>(summary, at(oInfoW, j, sizeof(int)));
-    const int choleskyInfo = readAt<int>(summary, at(oInfoL, j, sizeof(int)));
-    const int gramInfo = readAt<int>(summary, at(oInfoG, j, sizeof(int)));
-    const int flag = readAt<int>(summary, at(oFlags, j, sizeof(int)));
-    const double layerShift = readAt<double>(summary, at(oShift, j, sizeof(double)));
+    const int eigenInfo = readAt<int>(summary, at(L.oInfoW, j, sizeof(int)));
+    const int choleskyInfo = readAt<int>(summary, at(L.oInfoL, j, sizeof(int)));
+    const int gramInfo = readAt<int>(summary, at(L.oInfoG, j, sizeof(int)));
+    const int flag = readAt<int>(summary, at(L.oFlags, j, sizeof(int)));
+    const double layerShift = readAt<double>(summary, at(L.oShift, j, sizeof(double)));
     if (flag & kChatNonFinite) {
       o.result.report.status = FactorStatus::KeptPrevious;
       o.result.report.detail = "covariance estimate is not finite";
@@ -678,13 +744,40 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
     }
   }
   if (stores.empty()) return;
-  copyToDevice(ctx, base + oStores, stores.data(), stores.size() * sizeof(BatchStore));
+  copyToDevice(ctx, base + L.oStores, stores.data(), stores.size() * sizeof(BatchStore));
   NYSACT_LAUNCH(batchStoreKernel, dim3(blocksFor(widest), static_cast<unsigned int>(stores.size())), kThreads, stream)(
-      piece<BatchStore>(base, oStores), k, u, coefficients);
+      piece<BatchStore>(base, L.oStores), k, u, coefficients);
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
+
+void reserveNystrom(Context& ctx, const std::vector<NystromDeviceInput>& items, bool batched) {
+  size_t scratch = 0, staging = 256;
+  std::map<std::tuple<int64_t, int32_t, double>, std::vector<int64_t>> groups;
+  for (const NystromDeviceInput& in : items) {
+    scratch = std::max(scratch, perLayerLayout(in.p, in.k, in.full).total);
+    staging = std::max(staging, perLayerWorkspaceBytes(ctx, in.p, in.k, in.full));
+    if (batched && !in.full) groups[std::make_tuple(in.k, static_cast<int32_t>(in.variant), in.damping)].push_back(in.p);
+  }
+  if (!groups.empty()) {
+    SolverParams params;
+    for (auto& entry : groups) {
+      std::vector<int64_t>& ps = entry.second;
+      // The rebuild runs a subset of these (layers without statistics go per layer) in groups of
+      // at most kMaxGroup: the kMaxGroup widest layers bound every such group.
+      std::sort(ps.begin(), ps.end(), std::greater<int64_t>());
+      if (ps.size() > kMaxGroup) ps.resize(kMaxGroup);
+      const int64_t k = std::get<0>(entry.first);
+      scratch = std::max(scratch, groupLayout(k, ps).total);
+      // (The batched eigensolver's workspace grows with the batch: the largest group bounds it.)
+      size_t hostBytes = 0;
+      staging = std::max(staging, eigenBatchedWorkspaceBytes(ctx, params.get(), k, static_cast<int64_t>(ps.size()), &hostBytes));
+    }
+  }
+  if (scratch > 0) (void)ctx.scratch(scratch);
+  (void)ctx.staging(staging);
+}
 
 std::vector<NystromBatchOutcome> nystromFactorsBatched(Context& ctx, const std::vector<NystromDeviceInput>& items,
                                                        const NystromDestination& destination) {

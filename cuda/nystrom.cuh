@@ -61,5 +61,12 @@ using NystromDestination = std::function<void(size_t item, float** basis, float*
 std::vector<NystromBatchOutcome> nystromFactorsBatched(Context& ctx, const std::vector<NystromDeviceInput>& items,
                                                        const NystromDestination& destination);
 
+// Grows the context's scratch and staging regions now to what nystromFactors of every item and,
+// when `batched`, nystromFactorsBatched over them would take, so that a rebuild in a step plan
+// allocates nothing (a step that cannot get its memory then fails before it changes anything).
+// Only p, k, full, damping and variant of the items are read; every non-full item is counted in
+// its batched group, as if it had statistics (the plan's commits come after the reservation).
+void reserveNystrom(Context& ctx, const std::vector<NystromDeviceInput>& items, bool batched);
+
 }  // namespace cuda
 }  // namespace nysact

@@ -610,7 +610,10 @@ export class NysAct {
    *   activations for a layer; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in a gradient with
    *   `nonFinite: 'throw'`; `ERR_NYSACT_DISPOSED` for a disposed tensor; `ERR_NYSACT_BUSY` while
    *   an asynchronous step is in flight (or uses a tensor passed here); `ERR_NYSACT_NATIVE` if the
-   *   native update itself fails (then the layers before the failing one may have been updated).
+   *   native update itself fails. A step short of memory (a GPU out of device memory) fails before
+   *   it changes anything: all the memory a step uses is allocated first. Only a failure of the
+   *   device itself part-way through the step (a CUDA execution error, after which the GPU context
+   *   is unusable) may leave the layers before the failing one updated.
    */
   step(grads: Record<string, LayerUpdate<StepArray>>, options?: StepOptions): StepResult {
     this.#checkUsable('step()');
@@ -632,8 +635,9 @@ export class NysAct {
    * the stream.
    *
    * Validation is the same as `step()`'s and happens before any state changes: a rejected promise
-   * means nothing changed, except for `ERR_NYSACT_NATIVE` (as with `step()`, layers before the
-   * failing one may have been updated). Every error is a rejection, never a synchronous throw.
+   * means nothing changed, except for an `ERR_NYSACT_NATIVE` from a device failing part-way (as
+   * with `step()`; a step short of memory changes nothing). Every error is a rejection, never a
+   * synchronous throw.
    *
    * Until the promise settles the optimizer is busy: every method that changes or reads its state
    * (`step`, `stepAsync`, `observe`, `getState`, `setState`, `addDense`…, `layerState`,

@@ -20,7 +20,8 @@ python3 -c "
 import json, sys
 d = json.load(open(sys.argv[1]))
 p = d['parity']
-print('asan driver parity: ok=%s, %d passed, %d failed, philox bit-identical=%s, batched factors ok=%s' % (
-    d['ok'], p['passed'], p['failed'], d['philox']['gaussianBitIdentical'], all(r['ok'] for r in d['batchParity']['runs'])))
+print('asan driver parity: ok=%s, %d passed, %d failed, philox bit-identical=%s, batched factors ok=%s, fault cases ok=%s' % (
+    d['ok'], p['passed'], p['failed'], d['philox']['gaussianBitIdentical'], all(r['ok'] for r in d['batchParity']['runs']),
+    d.get('faults', {}).get('ok')))
 sys.exit(0 if d['ok'] else 1)
 " "$build/driver.json"

@@ -561,3 +561,28 @@ t.test('CUDA: a tfjs model.fit with nysact matches the CPU backend', { skip: gpu
   t.ok(worst <= 1e-4 * scale, `weights after 16 steps within 1e-4 relative (worst ${(worst / scale).toExponential(2)})`);
   t.ok(b.loss[b.loss.length - 1] < b.loss[0], `the loss fell on CUDA (${b.loss[0].toFixed(4)} -> ${b.loss[b.loss.length - 1].toFixed(4)})`);
 });
+
+// Fault injection (NYSACT_CUDA_EMU_FAULTS, cuda/emu/emu.h) exists only in the CUDA host emulation.
+const emulated = Boolean(cuda?.available && /host emulation/.test(cuda.device));
+const emulationSkip = gpuSkip || (emulated ? false : 'needs the CUDA host emulation (device memory limits are injected)');
+
+t.test('CUDA: a step short of device memory fails before it changes anything', { skip: emulationSkip }, async (t) => {
+  // In a fresh process: the context's scratch regions (shared by every layer of a process, and
+  // never shrinking) must not have grown yet.  test/cuda-memory-child.js says what it runs.
+  const r = child(`require('./test/cuda-memory-child.js')`) as {
+    failures: { limit: number; code: string; message: string; stateUnchanged: boolean; weightsUnchanged: boolean }[];
+    succeededAt: number;
+    secondStep: string;
+    sameAsReference: Record<string, boolean>;
+  };
+  t.ok(r.failures.length >= 3, `several limits were too small for the first step (${r.failures.map((f) => f.limit).join(', ')})`);
+  for (const f of r.failures) {
+    t.match(f, { code: 'ERR_NYSACT_NATIVE', message: /memory/ }, `malloc>${f.limit}: ERR_NYSACT_NATIVE naming memory (${f.message})`);
+    t.ok(f.stateUnchanged, `malloc>${f.limit}: the optimizer state is unchanged (getState, bit for bit)`);
+    t.ok(f.weightsUnchanged, `malloc>${f.limit}: the weights are unchanged`);
+  }
+  t.ok(r.succeededAt > 0, `a large enough limit let the step through (${r.succeededAt} bytes)`);
+  t.equal(r.secondStep, 'ok', 'the second step allocates no device memory (it passes under a 1-byte limit)');
+  t.same(r.sameAsReference, { conv: true, fc: true, small: true, gamma: true },
+    'after the failed tries and two steps, every weight has the bits of an optimizer never short of memory');
+});

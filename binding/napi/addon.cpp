@@ -881,6 +881,29 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
     out.message = message;
   };
   try {
+    // First every backend allocates what the whole step will use (CUDA: factor arrays, scratch and
+    // staging regions), so that a step short of memory fails before it changes anything.
+    for (Backend* backend : plan.backends) {
+      std::vector<Layer*> layers;
+      std::vector<bool> factors;
+      std::vector<StepOperands> operands;
+      std::vector<size_t> entries;
+      for (size_t i = 0; i < plan.entries.size(); ++i) {
+        const PlanEntry& e = plan.entries[i];
+        if (&e.wrap->backend() != backend) continue;
+        layers.push_back(e.layer);
+        factors.push_back(e.factors);
+        operands.push_back(e.operands);
+        entries.push_back(i);
+      }
+      out.failedEntry = entries.empty() ? -1 : static_cast<int64_t>(entries.front());
+      try {
+        backend->reserveStep(layers, factors, operands, plan.damping, plan.variant);
+      } catch (const BatchLayerError& e) {
+        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
+        throw;
+      }
+    }
     for (size_t i = 0; i < plan.entries.size(); ++i) {
       out.failedEntry = static_cast<int64_t>(i);
       const PlanEntry& e = plan.entries[i];

@@ -154,10 +154,12 @@ size_t perLayerWorkspaceBytes(Context& ctx, int64_t p, int64_t k, bool full) {
   const int pi = toInt(p, "p"), ki = toInt(k, "rank");
   int syevd = 0, potrf = 0, gesvd = 0;
   const int n = full ? pi : ki;
+  // The size queries read no matrix; they get a valid device address all the same.
+  double* any = reinterpret_cast<double*>(ctx.flag());
   NYSACT_CUSOLVER_CHECK(cusolverDnDsyevd_bufferSize(ctx.cusolver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
-                                                    n, nullptr, n, nullptr, &syevd));
+                                                    n, any, n, any, &syevd));
   if (!full) {
-    NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, nullptr, ki, &potrf));
+    NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, any, ki, &potrf));
     NYSACT_CUSOLVER_CHECK(cusolverDnDgesvd_bufferSize(ctx.cusolver(), pi, ki, &gesvd));
   }
   return static_cast<size_t>(std::max({syevd, potrf, gesvd, 1})) * sizeof(double);
@@ -540,9 +542,10 @@ GroupLayout groupLayout(int64_t k, const std::vector<int64_t>& ps) {
 // The device workspace of cusolverDnXsyevBatched for `count` k x k matrices (staging region).
 size_t eigenBatchedWorkspaceBytes(Context& ctx, cusolverDnParams_t params, int64_t k, int64_t count, size_t* hostBytes) {
   size_t deviceBytes = 0;
+  const void* any = ctx.flag();  // the size query reads no matrix; a valid device address all the same
   NYSACT_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(ctx.cusolver(), params, CUSOLVER_EIG_MODE_VECTOR,
-                                                          CUBLAS_FILL_MODE_LOWER, k, CUDA_R_64F, nullptr, k, CUDA_R_64F,
-                                                          nullptr, CUDA_R_64F, &deviceBytes, hostBytes, count));
+                                                          CUBLAS_FILL_MODE_LOWER, k, CUDA_R_64F, any, k, CUDA_R_64F,
+                                                          any, CUDA_R_64F, &deviceBytes, hostBytes, count));
   return std::max<size_t>(deviceBytes, 256);
 }
 

@@ -245,6 +245,9 @@ class Backend {
 
 // Validates a spec (throws nysact::Error with code ERR_NYSACT_INVALID_ARGUMENT).
 void validateLayerSpec(const LayerSpec& spec);
+// Validates a state against the layer it is imported into, before anything changes (throws
+// nysact::Error with code ERR_NYSACT_STATE naming the field; the same messages on every backend).
+void validateLayerState(const LayerSpec& spec, const LayerState& in);
 
 Backend& cpuBackend();
 int cpuThreads();

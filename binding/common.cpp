@@ -25,6 +25,45 @@ void requireRange(const char* name, int64_t value, int64_t lo, int64_t hi) {
 
 }  // namespace
 
+namespace {
+
+[[noreturn]] void stateError(const std::string& message) { throw Error("ERR_NYSACT_STATE", message); }
+
+template <typename T>
+void requireSize(const char* field, const std::vector<T>& v, size_t expected, bool allowEmpty) {
+  if (v.size() == expected || (allowEmpty && v.empty())) return;
+  std::ostringstream msg;
+  msg << "Expected state." << field << " to have " << expected << " elements" << (allowEmpty ? " (or none)" : "")
+      << " but received " << v.size();
+  stateError(msg.str());
+}
+
+}  // namespace
+
+void validateLayerState(const LayerSpec& spec, const LayerState& in) {
+  if (spec.kind == LayerKind::Plain) {
+    requireSize("momentum", in.momentum, static_cast<size_t>(spec.size), false);
+    return;
+  }
+  const int64_t p = spec.p(), k = spec.r();
+  const size_t pk = static_cast<size_t>(p * k);
+  requireSize("ema", in.ema, pk, false);
+  const bool sketched = !spec.fullCovariance();
+  requireSize("sketch", in.sketch, sketched && spec.sketch == SketchKind::Gaussian ? pk : 0, true);
+  requireSize("indices", in.indices, sketched && spec.sketch == SketchKind::Subcolumns ? static_cast<size_t>(k) : 0, true);
+  requireSize("basis", in.basis, in.hasFactors ? pk : 0, false);
+  requireSize("coefficients", in.coefficients, in.hasFactors ? static_cast<size_t>(k) : 0, false);
+  requireSize("momentum", in.momentum, static_cast<size_t>(spec.weightSize()), false);
+  requireSize("biasMomentum", in.biasMomentum, spec.bias ? static_cast<size_t>(spec.fanOut) : 0, false);
+  for (int32_t index : in.indices)
+    if (index < 0 || index >= p) stateError("state.indices holds a column outside [0, p)");
+  if (in.emaSteps < 0) stateError("state.emaSteps must be non-negative");
+  if (!(in.decayProduct >= 0.0 && in.decayProduct <= 1.0)) stateError("state.decayProduct must be in [0, 1]");
+  if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
+    stateError("state.inverseDamping must be a positive finite number");
+  }
+}
+
 void validateLayerSpec(const LayerSpec& s) {
   if (s.kind == LayerKind::Plain) {
     requireRange("size", s.size, 1, int64_t{1} << 40);

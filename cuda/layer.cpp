@@ -13,19 +13,6 @@ namespace nysact {
 namespace cuda {
 namespace {
 
-[[noreturn]] void stateError(const std::string& message) { throw Error("ERR_NYSACT_STATE", message); }
-
-// The CPU backend's messages (binding/cpu/cpu_backend.cpp requireSize), so that errors read the
-// same on every backend.
-template <typename T>
-void requireSize(const char* field, const std::vector<T>& v, size_t expected, bool allowEmpty) {
-  if (v.size() == expected || (allowEmpty && v.empty())) return;
-  std::ostringstream msg;
-  msg << "Expected state." << field << " to have " << expected << " elements" << (allowEmpty ? " (or none)" : "")
-      << " but received " << v.size();
-  stateError(msg.str());
-}
-
 template <typename T>
 void zeroed(const Context& ctx, DeviceArray<T>& a, size_t n) {
   a.resize(n);
@@ -419,36 +406,37 @@ void CudaLayer::exportState(LayerState& out) const {
 }
 
 void CudaLayer::importState(const LayerState& in) {
+  validateLayerState(spec_, in);
+  // Every array whose size changes is allocated before any is overwritten, so that an import short
+  // of device memory fails with the layer as it was.  (Same-size arrays are copied in place; an
+  // empty array in the state releases the layer's.)
+  struct Import {
+    DeviceArray<float>& target;
+    const std::vector<float>& values;
+    DeviceArray<float> fresh;
+  };
+  std::vector<Import> arrays;
   if (spec_.kind == LayerKind::Plain) {
-    requireSize("momentum", in.momentum, momentum_.size(), false);
-    upload(ctx_, momentum_, in.momentum);
-    ctx_.synchronize();
-    return;
+    arrays.push_back({momentum_, in.momentum, {}});
+  } else {
+    for (auto [target, values] : {std::pair<DeviceArray<float>*, const std::vector<float>*>{&ema_, &in.ema},
+                                  {&sketch_, &in.sketch},
+                                  {&basis_, &in.basis},
+                                  {&coefficients_, &in.coefficients},
+                                  {&momentum_, &in.momentum},
+                                  {&biasMomentum_, &in.biasMomentum}}) {
+      arrays.push_back({*target, *values, {}});
+    }
   }
-  const size_t pk = static_cast<size_t>(p_ * k_);
-  requireSize("ema", in.ema, pk, false);
-  const bool sketched = !spec_.fullCovariance();
-  requireSize("sketch", in.sketch, sketched && spec_.sketch == SketchKind::Gaussian ? pk : 0, true);
-  requireSize("indices", in.indices, sketched && spec_.sketch == SketchKind::Subcolumns ? static_cast<size_t>(k_) : 0, true);
-  requireSize("basis", in.basis, in.hasFactors ? pk : 0, false);
-  requireSize("coefficients", in.coefficients, in.hasFactors ? static_cast<size_t>(k_) : 0, false);
-  requireSize("momentum", in.momentum, momentum_.size(), false);
-  requireSize("biasMomentum", in.biasMomentum, biasMomentum_.size(), false);
-  for (int32_t index : in.indices)
-    if (index < 0 || index >= p_) stateError("state.indices holds a column outside [0, p)");
-  if (in.emaSteps < 0) stateError("state.emaSteps must be non-negative");
-  if (!(in.decayProduct >= 0.0 && in.decayProduct <= 1.0)) stateError("state.decayProduct must be in [0, 1]");
-  if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
-    stateError("state.inverseDamping must be a positive finite number");
+  for (Import& a : arrays)
+    if (a.target.size() != a.values.size()) a.fresh.resize(a.values.size());
+  for (Import& a : arrays) {
+    if (a.target.size() != a.values.size()) a.target.swap(a.fresh);
+    copyToDevice(ctx_, a.target.data(), a.values.data(), a.values.size() * sizeof(float));
   }
-  upload(ctx_, ema_, in.ema);
-  upload(ctx_, sketch_, in.sketch);
-  indices_ = in.indices;
-  upload(ctx_, basis_, in.basis);
-  upload(ctx_, coefficients_, in.coefficients);
-  upload(ctx_, momentum_, in.momentum);
-  upload(ctx_, biasMomentum_, in.biasMomentum);
   ctx_.synchronize();
+  if (spec_.kind == LayerKind::Plain) return;
+  indices_ = in.indices;
   inverseDamping_ = in.inverseDamping;
   decayProduct_ = in.decayProduct;
   emaSteps_ = in.emaSteps;

@@ -2,7 +2,8 @@
 // Run by test/cuda.test.ts in a fresh process (a fresh CUDA context, whose scratch regions have
 // never grown) on the CUDA host emulation: the first step of an optimizer tried under growing
 // device-memory limits (NYSACT_CUDA_EMU_FAULTS=malloc>N, cuda/emu/emu.h) until one is enough, then
-// a second step under a 1-byte limit, then a reference optimizer that was never short of memory.
+// a second step under a 1-byte limit, then a reference optimizer that was never short of memory;
+// then setState short of memory.
 // Prints one JSON line; the assertions are the test's.
 const { NysAct } = require('../dist/cjs/index.js');
 
@@ -102,6 +103,24 @@ for (let i = 0; i < 2; i++) {
 for (const k of Object.keys(sizes)) {
   out.sameAsReference[k] = weightsOf({ [k]: p[k] }).equals(weightsOf({ [k]: pr[k] }));
 }
+// setState into a fresh optimizer (no factors yet, so the import must allocate them) under a limit
+// that lets the first layer's arrays through but not the second's: the first layer is rolled back,
+// the second left as it was.
+const saved = o.getState();
+const fresh = make();
+const freshBefore = bytesOf(fresh.getState());
+process.env.NYSACT_CUDA_EMU_FAULTS = 'malloc>1024';
+try {
+  fresh.setState(saved);
+  out.setState = { code: null };
+} catch (e) {
+  out.setState = { code: e.code, message: String(e.message), unchanged: bytesOf(fresh.getState()).equals(freshBefore) };
+} finally {
+  delete process.env.NYSACT_CUDA_EMU_FAULTS;
+}
+fresh.setState(saved);
+out.setState.thenRestored = bytesOf(fresh.getState()).equals(bytesOf(saved));
+fresh.dispose();
 fcGrad.dispose();
 o.dispose();
 reference.dispose();

@@ -566,7 +566,7 @@ t.test('CUDA: a tfjs model.fit with nysact matches the CPU backend', { skip: gpu
 const emulated = Boolean(cuda?.available && /host emulation/.test(cuda.device));
 const emulationSkip = gpuSkip || (emulated ? false : 'needs the CUDA host emulation (device memory limits are injected)');
 
-t.test('CUDA: a step short of device memory fails before it changes anything', { skip: emulationSkip }, async (t) => {
+t.test('CUDA: a step or setState short of device memory fails before it changes anything', { skip: emulationSkip }, async (t) => {
   // In a fresh process: the context's scratch regions (shared by every layer of a process, and
   // never shrinking) must not have grown yet.  test/cuda-memory-child.js says what it runs.
   const r = child(`require('./test/cuda-memory-child.js')`) as {
@@ -574,6 +574,7 @@ t.test('CUDA: a step short of device memory fails before it changes anything', {
     succeededAt: number;
     secondStep: string;
     sameAsReference: Record<string, boolean>;
+    setState: { code: string | null; message?: string; unchanged?: boolean; thenRestored: boolean };
   };
   t.ok(r.failures.length >= 3, `several limits were too small for the first step (${r.failures.map((f) => f.limit).join(', ')})`);
   for (const f of r.failures) {
@@ -585,4 +586,7 @@ t.test('CUDA: a step short of device memory fails before it changes anything', {
   t.equal(r.secondStep, 'ok', 'the second step allocates no device memory (it passes under a 1-byte limit)');
   t.same(r.sameAsReference, { conv: true, fc: true, small: true, gamma: true },
     'after the failed tries and two steps, every weight has the bits of an optimizer never short of memory');
+  t.match(r.setState, { code: 'ERR_NYSACT_NATIVE', message: /memory/ }, `setState short of device memory: ERR_NYSACT_NATIVE (${r.setState.message})`);
+  t.equal(r.setState.unchanged, true, 'setState short of device memory: the optimizer unchanged (the layer imported before it rolled back)');
+  t.equal(r.setState.thenRestored, true, 'with memory back, setState restores the state bit for bit');
 });

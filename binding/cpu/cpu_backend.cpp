@@ -19,17 +19,6 @@
 namespace nysact {
 namespace {
 
-[[noreturn]] void stateError(const std::string& message) { throw Error("ERR_NYSACT_STATE", message); }
-
-template <typename T>
-void requireSize(const char* field, const std::vector<T>& v, size_t expected, bool allowEmpty) {
-  if (v.size() == expected || (allowEmpty && v.empty())) return;
-  std::ostringstream msg;
-  msg << "Expected state." << field << " to have " << expected << " elements" << (allowEmpty ? " (or none)" : "")
-      << " but received " << v.size();
-  stateError(msg.str());
-}
-
 template <typename T, typename A>
 size_t bytesOf(const std::vector<T, A>& v) {
   return v.capacity() * sizeof(T);
@@ -177,26 +166,10 @@ class CpuLayer final : public Layer {
   }
 
   void importState(const LayerState& in) override {
+    validateLayerState(spec_, in);
     if (spec_.kind == LayerKind::Plain) {
-      requireSize("momentum", in.momentum, momentum_.size(), false);
       momentum_.assign(in.momentum.begin(), in.momentum.end());
       return;
-    }
-    const size_t pk = static_cast<size_t>(p_ * k_);
-    requireSize("ema", in.ema, pk, false);
-    const bool sketched = !spec_.fullCovariance();
-    requireSize("sketch", in.sketch, sketched && spec_.sketch == SketchKind::Gaussian ? pk : 0, true);
-    requireSize("indices", in.indices, sketched && spec_.sketch == SketchKind::Subcolumns ? static_cast<size_t>(k_) : 0, true);
-    requireSize("basis", in.basis, in.hasFactors ? pk : 0, false);
-    requireSize("coefficients", in.coefficients, in.hasFactors ? static_cast<size_t>(k_) : 0, false);
-    requireSize("momentum", in.momentum, momentum_.size(), false);
-    requireSize("biasMomentum", in.biasMomentum, biasMomentum_.size(), false);
-    for (int32_t index : in.indices)
-      if (index < 0 || index >= p_) stateError("state.indices holds a column outside [0, p)");
-    if (in.emaSteps < 0) stateError("state.emaSteps must be non-negative");
-    if (!(in.decayProduct >= 0.0 && in.decayProduct <= 1.0)) stateError("state.decayProduct must be in [0, 1]");
-    if (in.hasFactors && !(std::isfinite(in.inverseDamping) && in.inverseDamping > 0.0)) {
-      stateError("state.inverseDamping must be a positive finite number");
     }
     ema_.assign(in.ema.begin(), in.ema.end());
     sketch_.assign(in.sketch.begin(), in.sketch.end());

@@ -796,6 +796,26 @@ Object faultChecks(Backend& cpu, Backend& cuda, bool& ok) {
     }
     ++cases;
   }
+  // 1b. On the per-layer path the first Cholesky fails once: the shift is enlarged (×10) and the
+  //     second attempt succeeds: ShiftEnlarged, two attempts, the report worded as on the CPU.
+  {
+    const auto layers = prepare(cuda);
+    std::vector<FactorReport> reports;
+    {
+      Faults f("potrf:1", true);
+      reports = cuda.nystromFactorsBatch(raw(layers), 0.5, NystromVariant::Reference);
+    }
+    const FactorReport& r = reports[0];
+    check(r.status == FactorStatus::ShiftEnlarged && r.attempts == 2 &&
+              r.detail.rfind("Cholesky needed the shift enlarged 1 time(s) to ", 0) == 0 &&
+              std::fabs(r.shift - 10.0 * cpuReports[0].shift) <= 1e-6 * std::fabs(r.shift),
+          "potrf:1 (per-layer): layer 0 ShiftEnlarged after 2 attempts at 10x the CPU's shift (" + r.detail + "; attempts " +
+              std::to_string(r.attempts) + ", CPU shift " + num(cpuReports[0].shift) + ")");
+    for (size_t i = 1; i < specs.size(); ++i) {
+      check(reports[i].status == cpuReports[i].status, "potrf:1 (per-layer): layer " + std::to_string(i) + " as on the CPU");
+    }
+    ++cases;
+  }
   // 2. Every Cholesky fails: no factors yet -> Identity; with factors -> KeptPrevious, factors kept
   //    bit for bit; on both paths.
   for (bool perLayer : {false, true}) {

@@ -245,6 +245,12 @@ class Backend {
 
 // Validates a spec (throws nysact::Error with code ERR_NYSACT_INVALID_ARGUMENT).
 void validateLayerSpec(const LayerSpec& spec);
+// SPEC §1's shifted Cholesky is tried this many times, the shift ×10 after each failure.
+inline constexpr int kMaxCholeskyAttempts = 4;
+// The report after the Cholesky loop stopped with `enlargements` failed attempts (kMaxCholeskyAttempts:
+// it never succeeded) at `shift`: attempts, shift, status and detail, worded alike on every backend.
+// Returns false when the factorisation failed (status KeptPrevious; the caller stops there).
+bool settleCholeskyReport(FactorReport& report, int enlargements, double shift);
 // Validates a state against the layer it is imported into, before anything changes (throws
 // nysact::Error with code ERR_NYSACT_STATE naming the field; the same messages on every backend).
 void validateLayerState(const LayerSpec& spec, const LayerState& in);

@@ -40,6 +40,23 @@ void requireSize(const char* field, const std::vector<T>& v, size_t expected, bo
 
 }  // namespace
 
+bool settleCholeskyReport(FactorReport& report, int enlargements, double shift) {
+  report.attempts = enlargements + (enlargements < kMaxCholeskyAttempts ? 1 : 0);
+  report.shift = shift;
+  if (enlargements == kMaxCholeskyAttempts) {
+    report.status = FactorStatus::KeptPrevious;
+    report.detail = "Cholesky factorisation failed even with an enlarged shift";
+    return false;
+  }
+  if (enlargements > 0) {
+    std::ostringstream msg;
+    msg << "Cholesky needed the shift enlarged " << enlargements << " time(s) to " << shift;
+    report.status = FactorStatus::ShiftEnlarged;
+    report.detail = msg.str();
+  }
+  return true;
+}
+
 void validateLayerState(const LayerSpec& spec, const LayerState& in) {
   if (spec.kind == LayerKind::Plain) {
     requireSize("momentum", in.momentum, static_cast<size_t>(spec.size), false);

@@ -261,8 +261,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
   double* potrfWork = reinterpret_cast<double*>(ctx.staging(static_cast<size_t>(std::max(lworkPotrf, 1)) * sizeof(double)));
   std::vector<double> scaleHost(static_cast<size_t>(k));
   int attempts = 0;
-  constexpr int kMaxAttempts = 4;
-  for (; attempts < kMaxAttempts; ++attempts) {
+  for (; attempts < kMaxCholeskyAttempts; ++attempts) {
     // Wh = V diag(λ + shift) Vᵀ, then L = chol(Wh) (lower triangle).
     for (int64_t j = 0; j < k; ++j) scaleHost[j] = lambdaHost[j] + shift;
     copyToDevice(ctx, scale, scaleHost.data(), scaleHost.size() * sizeof(double));
@@ -279,20 +278,7 @@ NystromDeviceResult nystromFactors(Context& ctx, const NystromDeviceInput& in, D
     }
     shift *= 10.0;
   }
-  out.report.attempts = attempts + (attempts < kMaxAttempts ? 1 : 0);
-  if (attempts == kMaxAttempts) {
-    out.report.status = FactorStatus::KeptPrevious;
-    out.report.shift = shift;
-    out.report.detail = "Cholesky factorisation failed even with an enlarged shift";
-    return out;
-  }
-  if (attempts > 0) {
-    std::ostringstream msg;
-    msg << "Cholesky needed the shift enlarged " << attempts << " time(s) to " << shift;
-    out.report.status = FactorStatus::ShiftEnlarged;
-    out.report.detail = msg.str();
-  }
-  out.report.shift = shift;
+  if (!settleCholeskyReport(out.report, attempts, shift)) return out;
 
   // Reference: B L = Y.  Textbook: B = Y L⁻ᵀ, i.e. B Lᵀ = Y.  (binding/cpu/nystrom.cpp solves the
   // transposed systems; these are the same equations.)

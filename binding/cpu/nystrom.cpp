@@ -84,27 +84,13 @@ FactorResult nystromFactors(const NystromInput& in) {
   double shift = std::fabs(lambda.minCoeff()) + rho;
   Eigen::LLT<Eigen::MatrixXd> llt;
   int attempts = 0;
-  constexpr int kMaxAttempts = 4;
-  for (; attempts < kMaxAttempts; ++attempts) {
+  for (; attempts < kMaxCholeskyAttempts; ++attempts) {
     const Eigen::MatrixXd wh = v * (lambda.array() + shift).matrix().asDiagonal() * v.transpose();
     llt.compute(wh);
     if (llt.info() == Eigen::Success && finite(Eigen::MatrixXd(llt.matrixL()))) break;
     shift *= 10.0;
   }
-  out.report.attempts = attempts + (attempts < kMaxAttempts ? 1 : 0);
-  if (attempts == kMaxAttempts) {
-    out.report.status = FactorStatus::KeptPrevious;
-    out.report.shift = shift;
-    out.report.detail = "Cholesky factorisation failed even with an enlarged shift";
-    return out;
-  }
-  if (attempts > 0) {
-    std::ostringstream msg;
-    msg << "Cholesky needed the shift enlarged " << attempts << " time(s) to " << shift;
-    out.report.status = FactorStatus::ShiftEnlarged;
-    out.report.detail = msg.str();
-  }
-  out.report.shift = shift;
+  if (!settleCholeskyReport(out.report, attempts, shift)) return out;
 
   // The thin SVD B = U Σ Qᵀ of the p x r Nyström factor, without forming B: reference B = Y L⁻¹
   // (B L = Y), textbook B = Y L⁻ᵀ.  BᵀB = K M Kᵀ with K = L⁻ᵀ (reference) or L⁻¹ (textbook), an

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <tuple>
 
@@ -151,6 +152,15 @@ PerLayerLayout perLayerLayout(int64_t p, int64_t k, bool full) {
 // Bytes of the per-layer path's largest cuSOLVER workspace (syevd of W, or of the full covariance;
 // potrf; gesvd), taken from the staging region.
 size_t perLayerWorkspaceBytes(Context& ctx, int64_t p, int64_t k, bool full) {
+  // Asked for every rebuilding layer on every inverse step (reserveNystrom): remembered per shape.
+  static std::mutex cacheMutex;
+  static std::map<std::tuple<int64_t, int64_t, bool>, size_t> cache;
+  const auto key = std::make_tuple(p, k, full);
+  {
+    std::lock_guard<std::mutex> lock(cacheMutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
   const int pi = toInt(p, "p"), ki = toInt(k, "rank");
   int syevd = 0, potrf = 0, gesvd = 0;
   const int n = full ? pi : ki;
@@ -162,7 +172,10 @@ size_t perLayerWorkspaceBytes(Context& ctx, int64_t p, int64_t k, bool full) {
     NYSACT_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, any, ki, &potrf));
     NYSACT_CUSOLVER_CHECK(cusolverDnDgesvd_bufferSize(ctx.cusolver(), pi, ki, &gesvd));
   }
-  return static_cast<size_t>(std::max({syevd, potrf, gesvd, 1})) * sizeof(double);
+  const size_t bytes = static_cast<size_t>(std::max({syevd, potrf, gesvd, 1})) * sizeof(double);
+  std::lock_guard<std::mutex> lock(cacheMutex);
+  cache.emplace(key, bytes);
+  return bytes;
 }
 
 std::vector<double> toHost(Context& ctx, const double* device, int64_t n) {

@@ -5,9 +5,10 @@
 //
 // A launch is validated at once (as cudaLaunchKernel does: cudaGetLastError reports a bad
 // configuration) and queued on its stream with its arguments copied, as CUDA copies them.  When it
-// runs, the blocks run one after another; within a block, thread 0 runs first on its own fiber
-// (ucontext); a kernel whose thread 0 never reaches __syncthreads has its other threads run one by
-// one, and a block that does reach it runs every thread on a fiber, switching at each barrier.
+// runs, the blocks run one after another, in an order shuffled per launch; within a block, thread 0
+// runs first on its own fiber (ucontext); a kernel whose thread 0 never reaches __syncthreads has
+// its other threads run one by one (in a shuffled order), and a block that does reach it runs
+// every thread on a fiber, switching at each barrier (in a shuffled order each round).
 // __shared__ variables are thread_local statics: shared by the fibers of the block being run.
 #pragma once
 

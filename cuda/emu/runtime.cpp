@@ -3,6 +3,7 @@
 // See emu.h for what the emulation checks and what it cannot.  Tests only; never shipped.
 #include <ucontext.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdint>
@@ -227,7 +228,31 @@ ThreadCoordinates coordinatesOf(dim3 grid, dim3 blockDim, uint3 b, unsigned int 
   return c;
 }
 
-void runBlock(BlockRun& run, dim3 grid, dim3 blockDim, uint3 b) {
+// The order blocks, and threads within a block, run in: shuffled per launch (a GPU promises no
+// order, so code that depends on one — two threads writing one element, a block reading what
+// another wrote — gives different bits from run to run, which the bit-identity checks catch).
+// NYSACT_CUDA_EMU_ORDER=ordered runs everything in index order (for debugging).
+struct Shuffle {
+  uint64_t state;
+  explicit Shuffle(uint64_t seed) : state(seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull) {}
+  uint64_t next() {  // splitmix64
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  template <typename T>
+  void apply(std::vector<T>& v) {
+    for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[static_cast<size_t>(next() % i)]);
+  }
+};
+bool orderedRuns() {
+  const char* v = std::getenv("NYSACT_CUDA_EMU_ORDER");
+  return v != nullptr && std::strcmp(v, "ordered") == 0;
+}
+std::atomic<uint64_t> launchCount{0};
+
+void runBlock(BlockRun& run, dim3 grid, dim3 blockDim, uint3 b, Shuffle* shuffle) {
   const unsigned int threads = blockDim.x * blockDim.y * blockDim.z;
   if (run.fibers.size() < threads) run.fibers.resize(threads);
   run.fiberMode = false;
@@ -237,7 +262,10 @@ void runBlock(BlockRun& run, dim3 grid, dim3 blockDim, uint3 b) {
   if (run.fibers[0].finished) {
     // No barrier: every other thread runs to completion in turn.
     run.direct = true;
-    for (unsigned int t = 1; t < threads; ++t) {
+    std::vector<unsigned int> order(threads > 0 ? threads - 1 : 0);
+    for (unsigned int t = 1; t < threads; ++t) order[t - 1] = t;
+    if (shuffle != nullptr) shuffle->apply(order);
+    for (unsigned int t : order) {
       ThreadCoordinates c = coordinatesOf(grid, blockDim, b, t);
       current = &c;
       run.body(run.arg);
@@ -247,7 +275,11 @@ void runBlock(BlockRun& run, dim3 grid, dim3 blockDim, uint3 b) {
   }
   // A barrier: all threads on fibers, each run up to its next barrier in turn.
   run.fiberMode = true;
-  for (unsigned int t = 1; t < threads; ++t) {
+  std::vector<unsigned int> order(threads);
+  for (unsigned int t = 0; t < threads; ++t) order[t] = t;
+  if (shuffle != nullptr) shuffle->apply(order);
+  for (unsigned int t : order) {
+    if (t == 0) continue;  // already at its first barrier
     run.fibers[t].coordinates = coordinatesOf(grid, blockDim, b, t);
     startFiber(run, run.fibers[t]);
   }
@@ -266,7 +298,8 @@ void runBlock(BlockRun& run, dim3 grid, dim3 blockDim, uint3 b) {
         << b.y << "," << b.z << ") while " << finished << " have returned (divergent barrier)";
       fault(s.str());
     }
-    for (unsigned int t = 0; t < threads; ++t)
+    if (shuffle != nullptr) shuffle->apply(order);
+    for (unsigned int t : order)
       if (!run.fibers[t].finished) resumeFiber(run, run.fibers[t]);
   }
   run.fiberMode = false;
@@ -303,12 +336,18 @@ void runGrid(dim3 grid, dim3 blk, void (*body)(void*), void* arg) {
   BlockRun* outer = block;
   ThreadCoordinates* outerCurrent = current;
   block = &run;
+  Shuffle shuffle(launchCount.fetch_add(1));
+  Shuffle* order = orderedRuns() ? nullptr : &shuffle;
+  std::vector<uint3> blocks;
+  blocks.reserve(static_cast<size_t>(grid.x) * grid.y * grid.z);
   for (unsigned int z = 0; z < grid.z; ++z)
     for (unsigned int y = 0; y < grid.y; ++y)
-      for (unsigned int x = 0; x < grid.x; ++x) {
-        if (sticky() != cudaSuccess) break;
-        runBlock(run, grid, blk, uint3{x, y, z});
-      }
+      for (unsigned int x = 0; x < grid.x; ++x) blocks.push_back(uint3{x, y, z});
+  if (order != nullptr) order->apply(blocks);
+  for (const uint3& b : blocks) {
+    if (sticky() != cudaSuccess) break;
+    runBlock(run, grid, blk, b, order);
+  }
   block = outer;
   current = outerCurrent;
 }

@@ -10,7 +10,8 @@
 #   cuBLAS / cuSOLVER     python3 -c 'import nvidia' (the wheels), NYSACT_CUDA_ROOT, /usr/local/cuda
 #   Eigen, Random123      /usr/include, or .gpu-deps/include
 #   node_modules, dist    present, or .gpu-deps/node_modules.tar.xz and .gpu-deps/dist.tar.xz
-# Writes $OUT/gpu-check.json, $OUT/driver.json (parity), $OUT/bench.json and logs when OUT is set.  Exits non-zero when a
+# Writes $OUT/gpu-check.json, $OUT/driver.json (parity), $OUT/bench.json, $OUT/report.md (the README's
+# figures as Markdown, scripts/gpu-report.py) and logs when OUT is set.  Exits non-zero when a
 # build step or a check fails.  Budget: under 5 minutes (build about 1 min on 2 cores here, less on
 # 16; parity at most 120 s, benchmarks at most 150 s by their timeouts, usually far less; JS tests
 # at most 150 s).
@@ -166,5 +167,12 @@ if [ -n "$node" ]; then
   else
     record tap "\"node_modules/.bin/tap missing\""
   fi
+fi
+# ---- the README's figures, as Markdown ------------------------------------------------------------
+if [ -n "$py" ] && "$py" scripts/gpu-report.py "$out" >"$out/report.md" 2>"$out/report.err"; then
+  cat "$out/report.md" >&2
+  record report "\"report.md\""
+else
+  record report "\"failed: see report.err\""
 fi
 finish $ok

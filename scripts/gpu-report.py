@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The README's GPU figures from one scripts/gpu-check.sh run: reads driver.json (parity) and
+bench.json (benchmarks) from the check's output folder and prints a Markdown block with every
+figure, the issue's target beside it and whether it was met, the device and the date.  Numbers are
+the check's own; nothing is computed here but ratios of them.
+
+Usage: python3 scripts/gpu-report.py OUT_DIR     (gpu-check.sh runs it and writes OUT_DIR/report.md)
+"""
+import datetime
+import json
+import os
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "."
+    driver = load(os.path.join(out, "driver.json")) or {}
+    bench_file = load(os.path.join(out, "bench.json")) or {}
+    bench = bench_file.get("bench") if isinstance(bench_file.get("bench"), dict) else None
+    device = (driver.get("cuda") or {}).get("device", "unknown device")
+    emulated = "host emulation" in device
+    lines = []
+    when = datetime.date.today().isoformat()
+    quick = bool(bench) and not bench.get("smoke") and (bench.get("inverse") or {}).get("layers", 54) < 54
+    lines.append(f"GPU check, {when}, on {device}" + (" (--quick: not the issue's full ResNet-50 set)" if quick else ""))
+    if emulated or (bench and bench.get("smoke")):
+        lines.append("")
+        lines.append("**Not GPU figures**: the host emulation or --smoke shapes; these rows only show the report works.")
+    lines.append("")
+
+    parity = driver.get("parity") or {}
+    cases = parity.get("cases") or []
+    worst = max((c.get("weights", 0.0) for c in cases), default=float("nan"))
+    batch_runs = (driver.get("batchParity") or {}).get("runs") or []
+    lines.append("| check | result |")
+    lines.append("|---|---|")
+    lines.append(f"| CPU-vs-CUDA parity ({parity.get('mode', 'not run')}) | {parity.get('passed', 0)} passed, "
+                 f"{parity.get('failed', 0)} failed; worst weight error {worst:.2e} relative (bound 1e-4) |")
+    lines.append(f"| Philox sketches bit-identical | {(driver.get('philox') or {}).get('gaussianBitIdentical')} |")
+    lines.append(f"| device-resident / page-locked paths bit-identical | "
+                 f"{all(c.get('residentIdentical') for c in cases) if cases else None} / "
+                 f"{all(c.get('residentActivationsIdentical') for c in cases) if cases else None} (weights / activations) |")
+    lines.append(f"| batched inverse vs CPU and per-layer | {sum(1 for r in batch_runs if r.get('ok'))}/{len(batch_runs)} runs ok |")
+    lines.append("")
+
+    if not bench:
+        lines.append(f"Benchmarks: {bench_file.get('bench', 'not run')}")
+        print("\n".join(lines))
+        return
+    c = bench.get("ceilings", {})
+    f = bench.get("fusedUpdate", {})
+    s = bench.get("sketch", {})
+    inv = bench.get("inverse", {})
+    w = bench.get("wholeStep", {})
+
+    def met(ok):
+        return "yes" if ok else "**no**"
+
+    lines.append(f"Ceilings measured in the same run: device-to-device copy {c.get('copyGBps_readPlusWrite', 0):.0f} GB/s "
+                 f"(read + write, {c.get('copyBytes', 0) / 2**20:.0f} MiB), SGEMM {c.get('sgemmSize')}³ "
+                 f"{c.get('sgemmTflops', 0):.1f} TFLOP/s.")
+    lines.append("")
+    lines.append("| benchmark | measured | target | met |")
+    lines.append("|---|---|---|---|")
+    frac = f.get("fractionOfCopyBandwidth", 0)
+    lines.append(f"| fused update, {f.get('layers')} layers, rank {f.get('rank')} | {f.get('totalMs', 0):.2f} ms, "
+                 f"{f.get('GBps', 0):.0f} GB/s = {100 * frac:.0f}% of copy bandwidth | ≥ 80% | {met(frac >= 0.8)} |")
+    sf = s.get("fractionOfSgemm", 0)
+    lines.append(f"| sketch, {len(s.get('perLayer', [])) if bench.get('smoke') else 'all'} layers, batch {s.get('batch')}, "
+                 f"rank {s.get('rank')} | {s.get('totalMs', 0):.1f} ms, {s.get('tflops', 0):.1f} TFLOP/s = "
+                 f"{100 * sf:.0f}% of SGEMM | ≥ 50% | {met(sf >= 0.5)} |")
+    lines.append(f"| inverse update, {inv.get('layers')} layers, rank {inv.get('rank')} | batched "
+                 f"{inv.get('cudaBatchedMs', 0):.2f} ms (per layer {inv.get('cudaPerLayerMs', 0):.2f} ms, "
+                 f"{inv.get('batchedSpeedup', 0):.1f}×; CPU {inv.get('cpuMs', 0):.0f} ms) | ≤ 5 ms | "
+                 f"{met(inv.get('withinTarget'))} |")
+    lines.append(f"| whole step, {w.get('layers')} layers, {w.get('parameters', 0) / 1e6:.1f} M parameters | "
+                 f"device-resident {w.get('deviceResidentMs', 0):.2f} ms = {w.get('deviceResidentOverSgd', 0):.2f}× "
+                 f"SGD-momentum ({w.get('sgdMomentumMs', 0):.2f} ms); host arrays {w.get('hostOverDevice', 0):.2f}×, "
+                 f"page-locked {w.get('pinnedOverDevice', 0):.2f}× device-resident | reported | — |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -308,19 +308,39 @@ class CudaLayerAdapter final : public Layer {
 };
 
 class CudaBackend final : public Backend {
+  // The CUDA handles of a batch of layers; a layer of another backend is an error naming it.
+  static std::vector<nysact_cuda_layer*> handlesOf(const std::vector<Layer*>& layers, const char* what) {
+    std::vector<nysact_cuda_layer*> handles;
+    handles.reserve(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto* adapter = dynamic_cast<const CudaLayerAdapter*>(layers[i]);
+      if (adapter == nullptr) {
+        throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", std::string(what) + ": a layer of another backend"));
+      }
+      handles.push_back(adapter->handle());
+    }
+    return handles;
+  }
+  // checkCuda for a batch call: a failure the library pinned on one layer names it (BatchLayerError).
+  static void checkBatch(int32_t status, const nysact_cuda_error& error, int64_t failed, size_t count) {
+    if (status != NYSACT_CUDA_OK && failed >= 0 && static_cast<size_t>(failed) < count) {
+      try {
+        checkCuda(status, error);
+      } catch (const Error& e) {
+        throw BatchLayerError(static_cast<size_t>(failed), e);
+      }
+    }
+    checkCuda(status, error);
+  }
+
  public:
   const char* name() const override { return "cuda"; }
   void reserveStep(const std::vector<Layer*>& layers, const std::vector<bool>& factors,
                    const std::vector<StepOperands>& operands, double damping, NystromVariant variant) override {
-    std::vector<nysact_cuda_layer*> handles;
+    const std::vector<nysact_cuda_layer*> handles = handlesOf(layers, "reserveStep");
     std::vector<int32_t> rebuild;
     std::vector<nysact_cuda_step_operands> ops;
     for (size_t i = 0; i < layers.size(); ++i) {
-      const auto* adapter = dynamic_cast<const CudaLayerAdapter*>(layers[i]);
-      if (adapter == nullptr) {
-        throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "reserveStep: a layer of another backend"));
-      }
-      handles.push_back(adapter->handle());
       rebuild.push_back(factors[i] ? 1 : 0);
       ops.push_back(toCudaOperands(operands[i]));
     }
@@ -329,43 +349,21 @@ class CudaBackend final : public Backend {
     const int32_t status = cudaApi()->reserveStep(handles.data(), rebuild.data(), ops.data(),
                                                   static_cast<int64_t>(handles.size()), damping,
                                                   static_cast<int32_t>(variant), &failed, &error);
-    if (status != NYSACT_CUDA_OK && failed >= 0 && static_cast<size_t>(failed) < layers.size()) {
-      try {
-        checkCuda(status, error);
-      } catch (const Error& e) {
-        throw BatchLayerError(static_cast<size_t>(failed), e);
-      }
-    }
-    checkCuda(status, error);
+    checkBatch(status, error, failed, layers.size());
   }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override {
     return std::make_unique<CudaLayerAdapter>(*cudaApi(), spec);
   }
   std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
                                                 NystromVariant variant) override {
-    std::vector<nysact_cuda_layer*> handles;
-    handles.reserve(layers.size());
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const auto* adapter = dynamic_cast<const CudaLayerAdapter*>(layers[i]);
-      if (adapter == nullptr) {
-        throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "nystromFactorsBatch: a layer of another backend"));
-      }
-      handles.push_back(adapter->handle());
-    }
+    const std::vector<nysact_cuda_layer*> handles = handlesOf(layers, "nystromFactorsBatch");
     std::vector<nysact_cuda_factor_report> c(layers.size());
     for (nysact_cuda_factor_report& r : c) r.struct_size = sizeof(r);
     int64_t failed = -1;
     nysact_cuda_error error{};
     const int32_t status = cudaApi()->nystromFactorsBatch(handles.data(), static_cast<int64_t>(handles.size()), damping,
                                                          static_cast<int32_t>(variant), c.data(), &failed, &error);
-    if (status != NYSACT_CUDA_OK && failed >= 0 && static_cast<size_t>(failed) < layers.size()) {
-      try {
-        checkCuda(status, error);
-      } catch (const Error& e) {
-        throw BatchLayerError(static_cast<size_t>(failed), e);
-      }
-    }
-    checkCuda(status, error);
+    checkBatch(status, error, failed, layers.size());
     std::vector<FactorReport> reports;
     reports.reserve(c.size());
     for (const nysact_cuda_factor_report& r : c) reports.push_back(toReport(r));

@@ -154,9 +154,10 @@ if [ -n "$node" ]; then
   fi
   if [ -x node_modules/.bin/tap ]; then
     log "JS tests (tap)"
-    # The CUDA-specific suites (the others default to backend 'auto' and would run on CUDA too, but
-    # their tolerances were set for the CPU: run them with GPU_CHECK_ALL_TESTS=1).
-    files="test/cuda.test.ts test/parity.test.ts"
+    # The files the CUDA host emulation runs in every `npm test` (scripts/test-cuda-emulation.js):
+    # the CUDA suite, fixture parity, the API and error tables ('auto' picks CUDA) and the CUDA fuzz.
+    # The rest default to the CPU or compare with CPU-set tolerances: GPU_CHECK_ALL_TESTS=1 runs all.
+    files="test/cuda.test.ts test/parity.test.ts test/api.test.ts test/errors.test.ts test/fuzz.test.ts"
     [ -n "${GPU_CHECK_ALL_TESTS:-}" ] && files=""
     timeout 150 node node_modules/.bin/tap --disable-coverage $files >"$out/tap.log" 2>&1
     tap_rc=$?

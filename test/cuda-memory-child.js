@@ -6,17 +6,8 @@
 // then setState short of memory.
 // Prints one JSON line; the assertions are the test's.
 const { NysAct } = require('../dist/cjs/index.js');
+const { mulberry32 } = require('../dist/cjs/cli/train.js');  // the seeded RNG the tests share
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const randomArray = (r, n, scale = 1) => Float32Array.from({ length: n }, () => (r() * 2 - 1) * scale);
 
 // Layers of every kind a step plan handles: conv and dense (batched factors), a full-covariance

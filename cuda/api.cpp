@@ -99,6 +99,21 @@ MemoryKind memoryKind(int32_t memory) {
   return static_cast<MemoryKind>(memory);
 }
 
+// The C operands of a step (struct size checked), pointers and memory kinds.
+StepOperands toOperands(const nysact_cuda_step_operands& c) {
+  requireStruct(c.struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
+  StepOperands o;
+  o.weight = c.weight;
+  o.bias = c.bias;
+  o.gradWeight = c.grad_weight;
+  o.gradBias = c.grad_bias;
+  o.weightMemory = memoryKind(c.weight_memory);
+  o.biasMemory = memoryKind(c.bias_memory);
+  o.gradWeightMemory = memoryKind(c.grad_weight_memory);
+  o.gradBiasMemory = memoryKind(c.grad_bias_memory);
+  return o;
+}
+
 LayerSpec toSpec(const nysact_cuda_layer_spec& c) {
   requireStruct(c.struct_size, sizeof(nysact_cuda_layer_spec), "nysact_cuda_layer_spec");
   LayerSpec s;
@@ -354,13 +369,8 @@ int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* handles, const int32_
     for (int64_t i = 0; i < count; ++i) {
       failed = i;
       layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
-      requireStruct(operands[i].struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
       rebuild[static_cast<size_t>(i)] = factors[i] != 0;
-      StepOperands& o = kinds[static_cast<size_t>(i)];  // only the memory kinds are read
-      o.weightMemory = memoryKind(operands[i].weight_memory);
-      o.biasMemory = memoryKind(operands[i].bias_memory);
-      o.gradWeightMemory = memoryKind(operands[i].grad_weight_memory);
-      o.gradBiasMemory = memoryKind(operands[i].grad_bias_memory);
+      kinds[static_cast<size_t>(i)] = toOperands(operands[i]);  // only the memory kinds are read
     }
     failed = -1;
     if (count == 0) return;
@@ -385,15 +395,7 @@ int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_opera
     requireStruct(operands->struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
     if (scalars == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step scalars");
     requireStruct(scalars->struct_size, sizeof(nysact_cuda_step_scalars), "nysact_cuda_step_scalars");
-    StepOperands o;
-    o.weight = operands->weight;
-    o.bias = operands->bias;
-    o.gradWeight = operands->grad_weight;
-    o.gradBias = operands->grad_bias;
-    o.weightMemory = memoryKind(operands->weight_memory);
-    o.biasMemory = memoryKind(operands->bias_memory);
-    o.gradWeightMemory = memoryKind(operands->grad_weight_memory);
-    o.gradBiasMemory = memoryKind(operands->grad_bias_memory);
+    const StepOperands o = toOperands(*operands);
     const bool bias = l.spec().bias;
     if (o.weight == nullptr || o.gradWeight == nullptr || (o.bias == nullptr) == bias || (o.gradBias == nullptr) == bias) {
       throw Error("ERR_NYSACT_INVALID_ARGUMENT", "step operands: weight and gradient needed; bias and its gradient iff the layer has a bias");

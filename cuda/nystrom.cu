@@ -3,6 +3,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <tuple>
@@ -763,7 +764,11 @@ void reserveNystrom(Context& ctx, const std::vector<NystromDeviceInput>& items, 
     if (batched && !in.full) groups[std::make_tuple(in.k, static_cast<int32_t>(in.variant), in.damping)].push_back(in.p);
   }
   if (!groups.empty()) {
-    SolverParams params;
+    // Asked on every inverse step: the batched workspace sizes are remembered per (k, count), and
+    // cuSOLVER's parameter object is made only when one is not known yet.
+    static std::mutex cacheMutex;
+    static std::map<std::pair<int64_t, int64_t>, size_t> cache;
+    std::unique_ptr<SolverParams> params;
     for (auto& entry : groups) {
       std::vector<int64_t>& ps = entry.second;
       // The rebuild runs a subset of these (layers without statistics go per layer) in groups of
@@ -773,8 +778,21 @@ void reserveNystrom(Context& ctx, const std::vector<NystromDeviceInput>& items, 
       const int64_t k = std::get<0>(entry.first);
       scratch = std::max(scratch, groupLayout(k, ps).total);
       // (The batched eigensolver's workspace grows with the batch: the largest group bounds it.)
-      size_t hostBytes = 0;
-      staging = std::max(staging, eigenBatchedWorkspaceBytes(ctx, params.get(), k, static_cast<int64_t>(ps.size()), &hostBytes));
+      const auto key = std::make_pair(k, static_cast<int64_t>(ps.size()));
+      size_t bytes = 0;
+      {
+        std::lock_guard<std::mutex> lock(cacheMutex);
+        auto it = cache.find(key);
+        if (it != cache.end()) bytes = it->second;
+      }
+      if (bytes == 0) {
+        if (!params) params = std::make_unique<SolverParams>();
+        size_t hostBytes = 0;
+        bytes = eigenBatchedWorkspaceBytes(ctx, params->get(), k, key.second, &hostBytes);
+        std::lock_guard<std::mutex> lock(cacheMutex);
+        cache.emplace(key, bytes);
+      }
+      staging = std::max(staging, bytes);
     }
   }
   if (scratch > 0) (void)ctx.scratch(scratch);

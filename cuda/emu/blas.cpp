@@ -227,25 +227,15 @@ int choleskyHost(bool lower, Index n, double* a, Index lda) {
   return 0;
 }
 
-// An injected eigensolver failure (NYSACT_CUDA_EMU_FAULTS=syev): what non-convergence gives, NaN
-// eigenvalues and vectors and info = max(1, n - 1).
-template <typename T>
-int failEigen(Index n, T* a, Index lda, T* w) {
-  for (Index j = 0; j < n; ++j) {
-    w[j] = nan<T>();
-    for (Index i = 0; i < n; ++i) a[i + j * lda] = nan<T>();
-  }
-  return static_cast<int>(std::max<Index>(1, n - 1));
-}
-
 // Symmetric eigendecomposition of the n x n matrix a whose `uplo` triangle alone is read; eigenvalues
 // ascending into w; with `vectors`, the orthonormal eigenvectors overwrite a (column j belongs to
 // w[j]), otherwise a's `uplo` triangle is destroyed (NaN) and the other left as it was.
 // Non-finite input (or a failure of Eigen's solver): every output is NaN and the return value is
 // max(1, n - 1) > 0, cuSOLVER's "off-diagonal elements of the tridiagonal form did not converge";
-// callers test both.  Returns 0 on success.  Computes in double whatever T is.
+// callers test both.  Returns 0 on success.  Computes in double whatever T is.  `injected`: an
+// injected failure (NYSACT_CUDA_EMU_FAULTS=syev), answered as non-finite input is.
 template <typename T>
-int symmetricEigenHost(bool vectors, bool lower, Index n, T* a, Index lda, T* w) {
+int symmetricEigenHost(bool vectors, bool lower, Index n, T* a, Index lda, T* w, bool injected = false) {
   if (n == 0) return 0;
   Eigen::MatrixXd full(n, n);
   bool finite = true;
@@ -257,6 +247,7 @@ int symmetricEigenHost(bool vectors, bool lower, Index n, T* a, Index lda, T* w)
       full(i, j) = value;
     }
   }
+  finite = finite && !injected;
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver;
   if (finite) {
     solver.compute(full, vectors ? Eigen::ComputeEigenvectors : Eigen::EigenvaluesOnly);
@@ -649,9 +640,8 @@ cusolverStatus_t cusolverDnDsyevd(cusolverDnHandle_t handle, cusolverEigMode_t j
   }
   const bool injected = nysact_emu::injectFault("syev");
   nysact_emu::enqueue(stream, [=] {
-    *info = injected ? failEigen<double>(n, A, lda, W)
-                     : symmetricEigenHost<double>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, A,
-                                                  lda, W);
+    *info = symmetricEigenHost<double>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, A, lda, W,
+                                       injected);
     scribble(work, static_cast<size_t>(lwork) * sizeof(double));
   });
   return CUSOLVER_STATUS_SUCCESS;
@@ -702,9 +692,8 @@ cusolverStatus_t syevBatched(cudaStream_t stream, cusolverEigMode_t jobz, cublas
   nysact_emu::enqueue(stream, [=] {
     for (int64_t b = 0; b < batch; ++b) {
       T* ab = a + static_cast<size_t>(b) * matrixStride;
-      info[b] = injected[b] ? failEigen<T>(n, ab, lda, w + b * n)
-                            : symmetricEigenHost<T>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n,
-                                                    ab, lda, w + b * n);
+      info[b] = symmetricEigenHost<T>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, ab, lda,
+                                      w + b * n, injected[b]);
     }
     scribble(work, workBytes);
   });

@@ -48,25 +48,29 @@ status = status || (tap.status ?? 1);
 
 const driver = join(release, 'nysact_driver');
 if (existsSync(driver)) {
-  // Every parity case, no benchmarks (they would time the host, not a GPU).
-  const d = spawnSync(driver, ['--no-bench'], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 << 20 });
-  let report = null;
-  try {
-    report = JSON.parse(d.stdout);
-  } catch {
-    // reported below with the raw output
-  }
-  if (d.status === 0 && report && report.ok === true) {
-    const runs = report.batchParity.runs;
-    console.log(
-      `# cuda emulation: driver parity ok: ${report.parity.passed} cases cpu-vs-cuda, ` +
-        `Philox bit-identical (${report.philox.draws} draws), batched factors ${runs.filter((r) => r.ok).length}/${runs.length} runs`,
-    );
-  } else {
-    console.log(`# cuda emulation: driver parity FAILED (exit ${d.status})`);
-    process.stdout.write(d.stdout || '');
-    process.stdout.write(d.stderr || '');
-    status = status || d.status || 1;
+  // Every parity case, no benchmarks (they would time the host, not a GPU); then again with an 8 KiB
+  // statistics tile budget, so that every sketch runs its tile loop over many tiles (the default
+  // 64 MiB holds each case's activations in one tile).
+  for (const [label, extra] of [['', {}], [' (8 KiB tiles)', { NYSACT_CUDA_TILE_BYTES: '8192' }]]) {
+    const d = spawnSync(driver, ['--no-bench'], { cwd: root, env: { ...env, ...extra }, encoding: 'utf8', maxBuffer: 64 << 20 });
+    let report = null;
+    try {
+      report = JSON.parse(d.stdout);
+    } catch {
+      // reported below with the raw output
+    }
+    if (d.status === 0 && report && report.ok === true) {
+      const runs = report.batchParity.runs;
+      console.log(
+        `# cuda emulation: driver parity${label} ok: ${report.parity.passed} cases cpu-vs-cuda, ` +
+          `Philox bit-identical (${report.philox.draws} draws), batched factors ${runs.filter((r) => r.ok).length}/${runs.length} runs`,
+      );
+    } else {
+      console.log(`# cuda emulation: driver parity${label} FAILED (exit ${d.status})`);
+      process.stdout.write(d.stdout || '');
+      process.stdout.write(d.stderr || '');
+      status = status || d.status || 1;
+    }
   }
   // The benchmark code on tiny shapes: that it runs without a fault or an error (its times are host
   // times of an emulation and are not looked at).

@@ -594,7 +594,11 @@ Object batchParity(Backend& cpu, Backend* cuda, bool& ok) {
       dense(51, 12, false, 10, SketchKind::Subcolumns, WeightLayout::InOut),
       dense(12, 9, true, 50, SketchKind::Gaussian, WeightLayout::InOut),
       conv(3, 3, 8, 16, 1, 1, 1, 1, Padding::Same, true, 16, SketchKind::Gaussian),
+      // Its statistics get an infinite entry: both backends must refuse them (P = I/ρ, as it has
+      // no earlier factors), and on CUDA's batched path leave the rest of its group unaffected.
+      dense(60, 14, true, 10, SketchKind::Gaussian, WeightLayout::InOut),
   };
+  const size_t infiniteLayer = specs.size() - 1;
   for (size_t i = 0; i < specs.size(); ++i) specs[i].layerKey = static_cast<uint32_t>(100 + i);
   std::vector<std::string> rows;
   for (NystromVariant variant : {NystromVariant::Reference, NystromVariant::Textbook}) {
@@ -620,6 +624,12 @@ Object batchParity(Backend& cpu, Backend* cuda, bool& ok) {
             ConvInput in;
             in.batch = 4, in.height = 12, in.width = 12;
             l.sketchCovarianceConv(x.data(), in, SketchInput{});
+          }
+          if (r.layers.size() - 1 == infiniteLayer && step == 1) {
+            std::vector<float> pending(static_cast<size_t>(s.p() * s.r()));
+            l.readPendingCovariance(pending.data());
+            pending[3] = INFINITY;
+            l.writePendingCovariance(pending.data());
           }
           l.commitStatistics(0.95);
         }
@@ -662,12 +672,16 @@ Object batchParity(Backend& cpu, Backend* cuda, bool& ok) {
         for (size_t j = 0; j < ha.size() && j < hb.size(); ++j) d = std::max(d, std::fabs(double(ha[j]) - hb[j]));
         worstLambda = std::max(worstLambda, d / scale);
       }
-      const bool good = statuses && worstW <= tol.weights && worstLambda <= tol.lambda;
+      // It has no earlier factors to keep: P = I/ρ.
+      const bool refused = other.reports[infiniteLayer].status == FactorStatus::Identity &&
+                           other.reports[infiniteLayer].detail.find("not finite") != std::string::npos;
+      const bool good = statuses && refused && worstW <= tol.weights && worstLambda <= tol.lambda;
       ok = ok && good;
       rows.push_back(Object()
                          .str("variant", variant == NystromVariant::Reference ? "reference" : "textbook")
                          .str("cudaPath", perLayer ? "per-layer" : "batched")
                          .number("layers", double(specs.size())).boolean("statusesEqual", statuses)
+                         .boolean("infiniteStatisticsRefused", refused)
                          .number("direction", worstW).number("lambdaHat", worstLambda).boolean("ok", good)
                          .json(4));
     }

@@ -423,6 +423,29 @@ __global__ void batchShiftKernel(const double* __restrict__ lambda, const double
   for (int64_t e = threadIdx.x; e < kk; e += blockDim.x) vd[b * kk + e] = vb[e] * (lam[e / k] + sh);
 }
 
+// One block per layer, before each batched cuSOLVER call: a matrix whose lower triangle (what the
+// call reads) is not finite is replaced by the identity and its layer flagged with `bit`.  cuSOLVER
+// does not say what its batched routines do with a non-finite matrix, and one launch serves the
+// whole batch, so none is passed: the flagged layer's result is discarded on the host (by `bit`, or
+// by the earlier flag whose failure made the matrix non-finite) and the other layers are unaffected.
+__global__ void batchGuardKernel(double* __restrict__ a, int64_t k, int* __restrict__ flags, int bit) {
+  __shared__ int anyBad;
+  const int64_t b = blockIdx.x, kk = k * k;
+  double* m = a + b * kk;
+  if (threadIdx.x == 0) anyBad = 0;
+  __syncthreads();
+  int bad = 0;
+  for (int64_t e = threadIdx.x; e < kk; e += blockDim.x) {
+    const int64_t j = e / k, i = e - (e / k) * k;
+    if (i >= j) bad |= !isfinite(m[e]);
+  }
+  if (bad) atomicOr(&anyBad, 1);
+  __syncthreads();
+  if (!anyBad) return;
+  for (int64_t e = threadIdx.x; e < kk; e += blockDim.x) m[e] = (e / k == e % k) ? 1.0 : 0.0;
+  if (threadIdx.x == 0) atomicOr(&flags[b], bit);
+}
+
 // One block per layer: the Cholesky factor's lower triangle must be finite.
 __global__ void batchFiniteLowerKernel(const double* __restrict__ l, int64_t k, int* __restrict__ flags) {
   const int64_t b = blockIdx.x, kk = k * k;
@@ -656,17 +679,21 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
 
   // W = V diag(λ) Vᵀ (lower triangle), shift, Wh = V diag(λ + shift) Vᵀ, L = chol(Wh).
   std::vector<char> hostWork;
+  NYSACT_LAUNCH(batchGuardKernel, perLayer, kThreads, stream)(w, k, flags, kEigenNonFinite);
+  NYSACT_CUDA_CHECK_LAUNCH();
   symmetricEigenBatched(ctx, params, w, k, lambda, infoW, n, hostWork);
   NYSACT_LAUNCH(batchShiftKernel, perLayer, kThreads, stream)(lambda, w, k, rho, shift, vd, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
   NYSACT_CUBLAS_CHECK(cublasDgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, ki, ki, ki, &one, vd, ki, kk, w, ki, kk,
                                                 &zero, wh, ki, kk, ni));
+  NYSACT_LAUNCH(batchGuardKernel, perLayer, kThreads, stream)(wh, k, flags, kCholeskyNonFinite);
+  NYSACT_CUDA_CHECK_LAUNCH();
   NYSACT_CUSOLVER_CHECK(cusolverDnDpotrfBatched(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, ki, ptrL, ki, infoL, ni));
   NYSACT_LAUNCH(batchFiniteLowerKernel, perLayer, kThreads, stream)(wh, k, flags);
   NYSACT_CUDA_CHECK_LAUNCH();
 
   // G = L⁻ᵀ M L⁻¹ (reference: B = Y L⁻¹, G = BᵀB) or L⁻¹ M L⁻ᵀ (textbook: B = Y L⁻ᵀ), in place of M.
-  // Only L's lower triangle is read (potrf leaves Wh's upper triangle as it was).
+  // Only L's lower triangle is read (potrfBatched uses the upper one as workspace: destroyed).
   const cublasOperation_t leftOp = reference ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t rightOp = reference ? CUBLAS_OP_N : CUBLAS_OP_T;
   NYSACT_CUBLAS_CHECK(cublasDtrsmBatched(blas, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, leftOp, CUBLAS_DIAG_NON_UNIT, ki,
@@ -675,6 +702,8 @@ void runGroup(Context& ctx, cusolverDnParams_t params, const std::vector<Nystrom
                                          ki, ki, &one, ptrL, ki, ptrG, ki, ni));
 
   // G = Q diag(σ²) Qᵀ; coefficients; T = L⁻¹ Q Σ⁻¹ (reference) or L⁻ᵀ Q Σ⁻¹ (textbook); U = Y T.
+  NYSACT_LAUNCH(batchGuardKernel, perLayer, kThreads, stream)(m, k, flags, kGramNonFinite);
+  NYSACT_CUDA_CHECK_LAUNCH();
   symmetricEigenBatched(ctx, params, m, k, sigma2, infoG, n, hostWork);
   NYSACT_LAUNCH(batchCoefficientKernel, perLayer, kThreads, stream)(sigma2, shift, k, rho, m, coefficients, flags);
   NYSACT_CUDA_CHECK_LAUNCH();

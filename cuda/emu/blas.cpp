@@ -227,6 +227,27 @@ int choleskyHost(bool lower, Index n, double* a, Index lda) {
   return 0;
 }
 
+// Whether the `uplo` triangle (the part a solver reads) of the n x n matrix a is finite.
+template <typename T>
+bool triangleFinite(bool lower, Index n, const T* a, Index lda) {
+  for (Index j = 0; j < n; ++j)
+    for (Index i = lower ? j : 0; i < (lower ? n : j + 1); ++i)
+      if (!std::isfinite(static_cast<double>(a[i + j * lda]))) return false;
+  return true;
+}
+
+// The batched solvers treat a non-finite input matrix as a fault.  cuSOLVER does not say what its
+// batched routines do with one (reports differ: info > 0, or info 0 with NaN results), and one
+// launch serves every matrix of the batch, so the backend guards its batches (nystrom.cu
+// batchGuardKernel) and must never pass one; the emulation checks that it does not.
+template <typename T>
+bool batchInputFinite(const char* routine, int64_t index, bool lower, Index n, const T* a, Index lda) {
+  if (triangleFinite(lower, n, a, lda)) return true;
+  nysact_emu::fault(std::string(routine) + ": batch matrix " + std::to_string(index) +
+                    " holds a non-finite value (cuSOLVER leaves the result unspecified; guard the batch)");
+  return false;
+}
+
 // Symmetric eigendecomposition of the n x n matrix a whose `uplo` triangle alone is read; eigenvalues
 // ascending into w; with `vectors`, the orthonormal eigenvectors overwrite a (column j belongs to
 // w[j]), otherwise a's `uplo` triangle is destroyed (NaN) and the other left as it was.
@@ -692,6 +713,7 @@ cusolverStatus_t syevBatched(cudaStream_t stream, cusolverEigMode_t jobz, cublas
   nysact_emu::enqueue(stream, [=] {
     for (int64_t b = 0; b < batch; ++b) {
       T* ab = a + static_cast<size_t>(b) * matrixStride;
+      if (!batchInputFinite(routine, b, uplo == CUBLAS_FILL_MODE_LOWER, n, ab, lda)) return;
       info[b] = symmetricEigenHost<T>(jobz == CUSOLVER_EIG_MODE_VECTOR, uplo == CUBLAS_FILL_MODE_LOWER, n, ab, lda,
                                       w + b * n, injected[b]);
     }
@@ -806,7 +828,13 @@ cusolverStatus_t cusolverDnDpotrfBatched(cusolverDnHandle_t handle, cublasFillMo
     for (int i = 0; i < batchSize; ++i) {
       const std::string name = "Aarray[" + std::to_string(i) + "]";
       if (!matrixOk(routine, name.c_str(), Aarray[i], n, n, lda, sizeof(double))) return;  // a faulting kernel
-      infoArray[i] = injected[i] ? std::min(n, 1) : choleskyHost(uplo == CUBLAS_FILL_MODE_LOWER, n, Aarray[i], lda);
+      const bool lower = uplo == CUBLAS_FILL_MODE_LOWER;
+      if (!batchInputFinite(routine, i, lower, n, Aarray[i], lda)) return;
+      infoArray[i] = injected[i] ? std::min(n, 1) : choleskyHost(lower, n, Aarray[i], lda);
+      // The batched routine uses the other triangle as workspace: documented as destroyed.
+      for (Index j = 0; j < n; ++j)
+        for (Index r = 0; r < n; ++r)
+          if (lower ? r < j : r > j) Aarray[i][r + j * lda] = nan<double>();
     }
   });
   return CUSOLVER_STATUS_SUCCESS;

@@ -628,7 +628,10 @@ void testPotrfBatched(cusolverDnHandle_t h) {
   for (int i : {0, 2}) {
     const Dense l = factorOf(ptr[i], n, lda, true);
     CHECK(maxDiff(multiply(l, transpose(l)), s[i]) < 1e-12, "DpotrfBatched: L Lᵀ = A, matrix " + std::to_string(i));
-    CHECK(otherTriangleIs(ptr[i], n, lda, true, 42.0), "DpotrfBatched: upper triangle untouched");
+    bool destroyed = true;  // cuSOLVER documents the batched routine's other triangle as destroyed
+    for (int j = 0; j < n; ++j)
+      for (int r = 0; r < j; ++r) destroyed = destroyed && std::isnan(ptr[i][r + j * lda]);
+    CHECK(destroyed, "DpotrfBatched: upper triangle destroyed (NaN)");
   }
 }
 

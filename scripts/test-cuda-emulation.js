@@ -81,7 +81,7 @@ if (existsSync(driver)) {
   } catch {
     // reported below
   }
-  const parts = ['ceilings', 'fusedUpdate', 'sketch', 'inverse', 'wholeStep'];
+  const parts = ['ceilings', 'fusedUpdate', 'fusedUpdateRank10', 'sketch', 'inverse', 'wholeStep', 'wholeStepRank10'];
   if (b.status === 0 && bench && parts.every((k) => bench[k])) {
     console.log(`# cuda emulation: driver benchmark code ran (--smoke): ${parts.join(', ')}`);
   } else {

@@ -10,11 +10,12 @@
 #   cuBLAS / cuSOLVER     python3 -c 'import nvidia' (the wheels), NYSACT_CUDA_ROOT, /usr/local/cuda
 #   Eigen, Random123      /usr/include, or .gpu-deps/include
 #   node_modules, dist    present, or .gpu-deps/node_modules.tar.xz and .gpu-deps/dist.tar.xz
-# Writes $OUT/gpu-check.json, $OUT/driver.json (parity), $OUT/bench.json, $OUT/report.md (the README's
+# Writes $OUT/gpu-check.json, $OUT/driver.json (parity), $OUT/bench.json, $OUT/torch.json (PyTorch
+# baselines, bench/torch_reference.py, where python3 has torch), $OUT/report.md (the README's
 # figures as Markdown, scripts/gpu-report.py) and logs when OUT is set.  Exits non-zero when a
 # build step or a check fails.  Budget: under 5 minutes (build about 1 min on 2 cores here, less on
-# 16; parity at most 120 s, benchmarks at most 150 s by their timeouts, usually far less; JS tests
-# at most 150 s).
+# 16; parity at most 120 s, benchmarks at most 150 s by their timeouts, usually far less; PyTorch
+# baselines at most 100 s; JS tests at most 150 s).
 #
 # Usage: bash scripts/gpu-check.sh [--quick]     (--quick: small parity set, quick benchmarks)
 #
@@ -141,6 +142,22 @@ else
   cat "$out/bench.json"
   record benchExit $bench_rc
   [ $bench_rc -eq 0 ] || ok=false
+fi
+
+# ---- PyTorch baselines on the same GPU (bench/torch_reference.py) ----------------------------------
+# Where python3's torch sees the GPU (the rehearsal: --smoke on the CPU, where torch is installed).
+# A baseline, not a check: its failure is recorded, not a failed check.
+if [ -n "$py" ] && "$py" -c 'import torch' 2>/dev/null; then
+  torch_args=""
+  [ -n "$emulation" ] && torch_args="--smoke"
+  [ -n "$quick" ] && torch_args="$torch_args --repeats 1"
+  log "PyTorch baselines"
+  timeout 100 "$py" bench/torch_reference.py $torch_args >"$out/torch.json" 2>"$out/torch.err"
+  torch_rc=$?
+  tail -3 "$out/torch.err" >&2
+  record torchExit $torch_rc
+else
+  record torchExit "\"skipped: python3 has no torch\""
 fi
 
 # ---- JS tests with the CUDA backend --------------------------------------------------------------

@@ -691,6 +691,125 @@ Object batchParity(Backend& cpu, Backend* cuda, bool& ok) {
   return o;
 }
 
+// The batched update (Backend::preconditionedMomentumStepBatch: shared fused-kernel launches for the
+// layers whose operands live on the device) against the same layers stepped one by one: weights,
+// biases and momentum must be equal bit for bit after three steps.  Layers of both layouts, with
+// and without a bias, a full-covariance layer, plain parameters (a multi-tensor momentum kernel) and
+// a layer with host operands (stepped one by one inside the batch), and enough layers of each kind
+// to need more than one launch (48 preconditioned, 96 plain per launch).  Also on the CPU (the default loop), where it is trivially true.
+Object stepBatchParity(Backend& backend, bool& ok) {
+  std::vector<LayerSpec> specs = {
+      dense(96, 40, true, 10, SketchKind::Gaussian, WeightLayout::InOut),
+      dense(70, 33, false, 8, SketchKind::Gaussian, WeightLayout::OutIn),
+      dense(130, 20, true, 16, SketchKind::Gaussian, WeightLayout::OutIn),
+      conv(3, 3, 8, 16, 1, 1, 1, 1, Padding::Same, true, 16, SketchKind::Gaussian),
+      dense(12, 9, true, 50, SketchKind::Gaussian, WeightLayout::InOut),  // full covariance
+  };
+  for (int i = 0; i < 60; ++i) {
+    specs.push_back(dense(3 + i % 7, 2 + i % 5, i % 2 == 0, 2, SketchKind::Gaussian,
+                          i % 3 == 0 ? WeightLayout::OutIn : WeightLayout::InOut));
+  }
+  // Plain parameters: more than one multi-tensor launch's 96, of sizes across its 1024-element chunks.
+  for (int i = 0; i < 110; ++i) {
+    LayerSpec plain;
+    plain.kind = LayerKind::Plain;
+    plain.size = 1 + (i * 397) % 2600;
+    specs.push_back(plain);
+  }
+  const size_t hostLayer = 1;  // its operands stay in host memory
+  struct Arrays {
+    std::unique_ptr<Layer> layer;
+    std::vector<float> hostWeight, hostBias;
+    std::unique_ptr<BackendArray> weight, bias, grad, gradBias;
+  };
+  Random rng(0x57E9);
+  std::vector<Arrays> batched, single;
+  std::vector<std::vector<float>> grads, gradBiases;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    LayerSpec& s = specs[i];
+    s.layerKey = static_cast<uint32_t>(300 + i);
+    const std::vector<float> w = rng.uniform(static_cast<size_t>(s.weightSize()), 0.1f);
+    const std::vector<float> b = s.bias ? rng.uniform(static_cast<size_t>(s.fanOut), 0.1f) : std::vector<float>();
+    grads.push_back(rng.uniform(w.size(), 0.01f));
+    gradBiases.push_back(rng.uniform(b.size(), 0.01f));
+    LayerState st;
+    bool factors = false;
+    if (s.kind != LayerKind::Plain) {
+      std::unique_ptr<Layer> probe = backend.createLayer(s);
+      probe->exportState(st);
+      st.basis = rng.uniform(static_cast<size_t>(s.p() * s.r()), 0.2f);
+      st.coefficients = rng.uniform(static_cast<size_t>(s.r()), 0.5f);
+      st.inverseDamping = 0.7;
+      st.hasFactors = true;
+      factors = true;
+    }
+    for (std::vector<Arrays>* set : {&batched, &single}) {
+      Arrays a;
+      a.layer = backend.createLayer(s);
+      if (factors) a.layer->importState(st);
+      const MemoryKind kind = i == hostLayer ? MemoryKind::Host : MemoryKind::Device;
+      if (kind == MemoryKind::Host) {
+        a.hostWeight = w;
+        a.hostBias = b;
+      } else {
+        a.weight = std::make_unique<BackendArray>(backend, kind, w);
+        a.bias = std::make_unique<BackendArray>(backend, kind, b);
+        a.grad = std::make_unique<BackendArray>(backend, kind, grads.back());
+        a.gradBias = std::make_unique<BackendArray>(backend, kind, gradBiases.back());
+      }
+      set->push_back(std::move(a));
+    }
+  }
+  auto operands = [&](Arrays& a, size_t i) {
+    const bool bias = specs[i].bias;
+    if (!a.weight) {
+      return hostOperands(a.hostWeight.data(), bias ? a.hostBias.data() : nullptr, grads[i].data(),
+                          bias ? gradBiases[i].data() : nullptr);
+    }
+    StepOperands o;
+    o.weight = a.weight->data();
+    o.gradWeight = a.grad->data();
+    o.bias = bias ? a.bias->data() : nullptr;
+    o.gradBias = bias ? a.gradBias->data() : nullptr;
+    o.weightMemory = o.gradWeightMemory = o.biasMemory = o.gradBiasMemory = a.weight->kind();
+    return o;
+  };
+  StepScalars scalars;
+  scalars.lr = 0.05;
+  scalars.momentum = 0.9;
+  scalars.weightDecay = 5e-4;
+  for (int step = 0; step < 3; ++step) {
+    scalars.nesterov = step == 2;
+    std::vector<Layer*> layers;
+    std::vector<StepOperands> ops;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      layers.push_back(batched[i].layer.get());
+      ops.push_back(operands(batched[i], i));
+      single[i].layer->preconditionedMomentumStep(operands(single[i], i), scalars);
+    }
+    backend.preconditionedMomentumStepBatch(layers, ops, scalars);
+    backend.synchronize();
+  }
+  size_t mismatches = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto values = [&](Arrays& a) {
+      std::vector<float> v = a.weight ? a.weight->download() : a.hostWeight;
+      const std::vector<float> b = a.weight ? a.bias->download() : a.hostBias;
+      v.insert(v.end(), b.begin(), b.end());
+      LayerState st;
+      a.layer->exportState(st);
+      v.insert(v.end(), st.momentum.begin(), st.momentum.end());
+      v.insert(v.end(), st.biasMomentum.begin(), st.biasMomentum.end());
+      return v;
+    };
+    if (!bitwiseEqual(values(batched[i]), values(single[i]))) ++mismatches;
+  }
+  ok = mismatches == 0;
+  return Object()
+      .str("backend", backend.name()).number("layers", double(specs.size())).number("steps", 3)
+      .number("layersNotBitIdentical", double(mismatches)).boolean("ok", ok);
+}
+
 // ---- ResNet-50 shapes ---------------------------------------------------------------------------
 
 struct NetLayer {
@@ -1169,9 +1288,11 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
     scalars.lr = 1e-3;
     scalars.momentum = 0.9;
     scalars.weightDecay = 5e-4;
-    enum Path { Host, Pinned, Device, SgdDevice };
+    enum Path { Host, Pinned, Device, DevicePerLayer, SgdDevice };
     // As the addon's step plan runs it: first the memory reservation (nothing to allocate after the
-    // warm-up; its host-side cost is part of the step), then every layer's update, one sync.
+    // warm-up; its host-side cost is part of the step), then the updates as one batch
+    // (preconditionedMomentumStepBatch: device-resident layers share fused-kernel launches), one
+    // sync.  DevicePerLayer: the same with NYSACT_CUDA_STEP=per-layer (one launch per layer).
     std::vector<Layer*> planLayers, sgdLayers;
     for (NetRun& run : runs) {
       planLayers.push_back(run.layer.get());
@@ -1179,24 +1300,27 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
       if (run.sgdBias) sgdLayers.push_back(run.sgdBias.get());
     }
     auto step = [&](Path path) {
+      if (path == DevicePerLayer) setenv("NYSACT_CUDA_STEP", "per-layer", 1);
       const std::vector<Layer*>& reserved = path == SgdDevice ? sgdLayers : planLayers;
       std::vector<StepOperands> kinds(reserved.size());
       const MemoryKind kind = path == Host ? MemoryKind::Host : path == Pinned ? MemoryKind::PinnedHost : MemoryKind::Device;
       for (StepOperands& k : kinds) k.weightMemory = k.biasMemory = k.gradWeightMemory = k.gradBiasMemory = kind;
       cuda.reserveStep(reserved, std::vector<bool>(reserved.size(), false), kinds, 1.0, NystromVariant::Reference);
+      std::vector<StepOperands> ops;
       for (NetRun& run : runs) {
         if (path == SgdDevice) {
           // The baseline: plain SGD-momentum (momentum and weight decay, no preconditioner) on the
-          // same device-resident weights and gradients, one kernel per tensor.
-          auto plainStep = [&](Layer& layer, const BackendArray& w, const BackendArray& g) {
+          // same device-resident weights and gradients, as plain parameters (the multi-tensor
+          // momentum kernel).
+          auto plain = [&](const BackendArray& w, const BackendArray& g) {
             StepOperands o;
             o.weight = w.data();
             o.gradWeight = g.data();
             o.weightMemory = o.gradWeightMemory = w.kind();
-            layer.preconditionedMomentumStep(o, scalars);
+            ops.push_back(o);
           };
-          plainStep(*run.sgdWeight, *run.dWeight, *run.dGrad);
-          if (run.sgdBias) plainStep(*run.sgdBias, *run.dBias, *run.dGradBias);
+          plain(*run.dWeight, *run.dGrad);
+          if (run.sgdBias) plain(*run.dBias, *run.dGradBias);
           continue;
         }
         const bool bias = run.layer->spec().bias;
@@ -1204,7 +1328,7 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
         if (path == Host) {
           o = hostOperands(run.weight.data(), bias ? run.bias.data() : nullptr, run.grad.data(), bias ? run.gradBias.data() : nullptr);
         } else {
-          const bool device = path == Device;
+          const bool device = path == Device || path == DevicePerLayer;
           const BackendArray& w = device ? *run.dWeight : *run.pWeight;
           const BackendArray& b = device ? *run.dBias : *run.pBias;
           const BackendArray& g = device ? *run.dGrad : *run.pGrad;
@@ -1215,9 +1339,11 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
           o.gradBias = bias ? gb.data() : nullptr;
           o.weightMemory = o.biasMemory = o.gradWeightMemory = o.gradBiasMemory = w.kind();
         }
-        run.layer->preconditionedMomentumStep(o, scalars);
+        ops.push_back(o);
       }
+      cuda.preconditionedMomentumStepBatch(path == SgdDevice ? sgdLayers : planLayers, ops, scalars);
       cuda.synchronize();
+      unsetenv("NYSACT_CUDA_STEP");
     };
     auto time = [&](Path path) {
       step(path);  // warm-up (scratch arena grown, kernels loaded)
@@ -1230,13 +1356,16 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
       std::sort(ms.begin(), ms.end());
       return ms[ms.size() / 2];
     };
-    const double hostMs = time(Host), pinnedMs = time(Pinned), deviceMs = time(Device), sgdMs = time(SgdDevice);
+    const double hostMs = time(Host), pinnedMs = time(Pinned), deviceMs = time(Device);
+    const double perLayerMs = time(DevicePerLayer), sgdMs = time(SgdDevice);
     // Both read G, θ, buf and write θ, buf: 20 bytes per parameter, against the copy ceiling.
     auto fraction = [&](double ms) { return 20.0 * parameters / (ms * 1e-3) / 1e9 / copyGBs; };
     return Object()
                            .number("layers", double(count)).number("rank", double(r)).number("parameters", parameters)
                            .number("hostArraysMs", hostMs).number("pinnedArraysMs", pinnedMs).number("deviceResidentMs", deviceMs)
                            .number("hostOverDevice", hostMs / deviceMs).number("pinnedOverDevice", pinnedMs / deviceMs)
+                           .number("deviceResidentPerLayerMs", perLayerMs)
+                           .number("perLayerOverBatched", perLayerMs / deviceMs)
                            .number("sgdMomentumMs", sgdMs).number("deviceResidentOverSgd", deviceMs / sgdMs)
                            .number("deviceResidentFractionOfCopyBandwidth", fraction(deviceMs))
                            .number("sgdMomentumFractionOfCopyBandwidth", fraction(sgdMs))
@@ -1244,7 +1373,10 @@ Object benchmarks(const CudaApi& api, Backend& cpu, Backend& cuda, int64_t batch
                                         "weights and gradients as host arrays (copied in and out), page-locked host "
                                         "buffers, or device-resident tensors), then one stream synchronisation, with the "
                                         "step plan's memory reservation first; sgdMomentumMs: plain SGD-momentum over the "
-                                        "same device-resident parameters, the same way; fractions of copy "
+                                        "same device-resident parameters as plain parameters (multi-tensor "
+                                        "kernel); deviceResidentPerLayerMs: "
+                                        "the device-resident step with one fused-kernel launch per layer "
+                                        "(NYSACT_CUDA_STEP=per-layer); fractions of copy "
                                         "bandwidth count 20 bytes per parameter (read G, θ, buf; write θ, buf)")
                            .json(2);
   };
@@ -1312,6 +1444,9 @@ int main(int argc, char** argv) {
       bool batchOk = false;
       out.add("batchParity", batchParity(cpu, cuda, batchOk).json(2));
       allOk = allOk && batchOk;
+      bool stepBatchOk = false;
+      out.add("stepBatch", stepBatchParity(cuda != nullptr ? *cuda : cpu, stepBatchOk).json(2));
+      allOk = allOk && stepBatchOk;
     }
     // The failure paths, where the device is the host emulation (it injects the failures).
     if (parity && cuda != nullptr && status.device.find("host emulation") != std::string::npos) {

@@ -226,6 +226,13 @@ class Backend {
                            const std::vector<StepOperands>& operands, double damping, NystromVariant variant) {
     (void)layers, (void)factors, (void)operands, (void)damping, (void)variant;
   }
+  // SPEC §1 steps 3-4 for many layers of this backend at once (an optimizer step's updates):
+  // layers[i]->preconditionedMomentumStep(operands[i], scalars) for every i, with the same results.
+  // A backend may share kernel launches across layers (CUDA); the default calls the layers one
+  // after the other.  When it throws (BatchLayerError naming a layer, or nysact::Error), some
+  // layers may have been updated and others not (as when the per-layer loop stops part-way).
+  virtual void preconditionedMomentumStepBatch(const std::vector<Layer*>& layers,
+                                               const std::vector<StepOperands>& operands, const StepScalars& scalars);
   // Whether x[0..n) holds only finite values (x in memory of the given kind).
   virtual bool allFinite(const float* x, size_t n, MemoryKind kind) const = 0;
   // Waits for all work queued by this backend's layers; turns a device's asynchronous execution

@@ -175,4 +175,15 @@ std::vector<FactorReport> Backend::nystromFactorsBatch(const std::vector<Layer*>
   return reports;
 }
 
+void Backend::preconditionedMomentumStepBatch(const std::vector<Layer*>& layers,
+                                              const std::vector<StepOperands>& operands, const StepScalars& scalars) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    try {
+      layers[i]->preconditionedMomentumStep(operands[i], scalars);
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+  }
+}
+
 }  // namespace nysact

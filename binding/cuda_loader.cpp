@@ -108,6 +108,7 @@ void load() {
   resolve(handle, "nysact_cuda_nystrom_factors_batch", api.nystromFactorsBatch, missing);
   resolve(handle, "nysact_cuda_step", api.step, missing);
   resolve(handle, "nysact_cuda_reserve_step", api.reserveStep, missing);
+  resolve(handle, "nysact_cuda_step_batch", api.stepBatch, missing);
   resolve(handle, "nysact_cuda_synchronize", api.synchronize, missing);
   resolve(handle, "nysact_cuda_alloc", api.alloc, missing);
   resolve(handle, "nysact_cuda_free", api.free, missing);
@@ -157,6 +158,17 @@ FactorReport toReport(const nysact_cuda_factor_report& r) {
 }
 
 // The C ABI's operands of a step.
+nysact_cuda_step_scalars toCudaScalars(const StepScalars& s) {
+  nysact_cuda_step_scalars c{};
+  c.struct_size = sizeof(c);
+  c.lr = s.lr;
+  c.momentum = s.momentum;
+  c.weight_decay = s.weightDecay;
+  c.nesterov = s.nesterov ? 1 : 0;
+  c.decoupled_weight_decay = s.decoupledWeightDecay ? 1 : 0;
+  return c;
+}
+
 nysact_cuda_step_operands toCudaOperands(const StepOperands& o) {
   nysact_cuda_step_operands ops{};
   ops.struct_size = sizeof(ops);
@@ -232,13 +244,7 @@ class CudaLayerAdapter final : public Layer {
   nysact_cuda_layer* handle() const { return handle_; }
   void preconditionedMomentumStep(const StepOperands& o, const StepScalars& s) override {
     const nysact_cuda_step_operands ops = toCudaOperands(o);
-    nysact_cuda_step_scalars c{};
-    c.struct_size = sizeof(c);
-    c.lr = s.lr;
-    c.momentum = s.momentum;
-    c.weight_decay = s.weightDecay;
-    c.nesterov = s.nesterov ? 1 : 0;
-    c.decoupled_weight_decay = s.decoupledWeightDecay ? 1 : 0;
+    const nysact_cuda_step_scalars c = toCudaScalars(s);
     nysact_cuda_error error{};
     checkCuda(api_.step(handle_, &ops, &c, &error), error);
   }
@@ -353,6 +359,18 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<Layer> createLayer(const LayerSpec& spec) override {
     return std::make_unique<CudaLayerAdapter>(*cudaApi(), spec);
+  }
+  void preconditionedMomentumStepBatch(const std::vector<Layer*>& layers, const std::vector<StepOperands>& operands,
+                                       const StepScalars& scalars) override {
+    const std::vector<nysact_cuda_layer*> handles = handlesOf(layers, "preconditionedMomentumStepBatch");
+    std::vector<nysact_cuda_step_operands> ops;
+    for (const StepOperands& o : operands) ops.push_back(toCudaOperands(o));
+    const nysact_cuda_step_scalars c = toCudaScalars(scalars);
+    int64_t failed = -1;
+    nysact_cuda_error error{};
+    const int32_t status = cudaApi()->stepBatch(handles.data(), ops.data(), static_cast<int64_t>(handles.size()), &c,
+                                                &failed, &error);
+    checkBatch(status, error, failed, layers.size());
   }
   std::vector<FactorReport> nystromFactorsBatch(const std::vector<Layer*>& layers, double damping,
                                                 NystromVariant variant) override {

@@ -53,6 +53,7 @@ struct CudaApi {
   decltype(&nysact_cuda_nystrom_factors_batch) nystromFactorsBatch;
   decltype(&nysact_cuda_step) step;
   decltype(&nysact_cuda_reserve_step) reserveStep;
+  decltype(&nysact_cuda_step_batch) stepBatch;
   decltype(&nysact_cuda_synchronize) synchronize;
   decltype(&nysact_cuda_alloc) alloc;
   decltype(&nysact_cuda_free) free;

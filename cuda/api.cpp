@@ -169,6 +169,29 @@ std::string versionText(int v) {
   return s.str();
 }
 
+// A layer's step operands, checked against its spec.
+StepOperands stepOperands(const CudaLayer& l, const nysact_cuda_step_operands* operands) {
+  if (operands == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step operands");
+  const StepOperands o = toOperands(*operands);
+  const bool bias = l.spec().bias;
+  if (o.weight == nullptr || o.gradWeight == nullptr || (o.bias == nullptr) == bias || (o.gradBias == nullptr) == bias) {
+    throw Error("ERR_NYSACT_INVALID_ARGUMENT", "step operands: weight and gradient needed; bias and its gradient iff the layer has a bias");
+  }
+  return o;
+}
+
+StepScalars stepScalars(const nysact_cuda_step_scalars* scalars) {
+  if (scalars == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step scalars");
+  requireStruct(scalars->struct_size, sizeof(nysact_cuda_step_scalars), "nysact_cuda_step_scalars");
+  StepScalars s;
+  s.lr = scalars->lr;
+  s.momentum = scalars->momentum;
+  s.weightDecay = scalars->weight_decay;
+  s.nesterov = scalars->nesterov != 0;
+  s.decoupledWeightDecay = scalars->decoupled_weight_decay != 0;
+  return s;
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace nysact
@@ -391,23 +414,42 @@ int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* handles, const int32_
 int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_operands* operands,
                          const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error) {
   return onLayer(handle, error, [&](CudaLayer& l) {
-    if (operands == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step operands");
-    requireStruct(operands->struct_size, sizeof(nysact_cuda_step_operands), "nysact_cuda_step_operands");
-    if (scalars == nullptr) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null step scalars");
-    requireStruct(scalars->struct_size, sizeof(nysact_cuda_step_scalars), "nysact_cuda_step_scalars");
-    const StepOperands o = toOperands(*operands);
-    const bool bias = l.spec().bias;
-    if (o.weight == nullptr || o.gradWeight == nullptr || (o.bias == nullptr) == bias || (o.gradBias == nullptr) == bias) {
-      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "step operands: weight and gradient needed; bias and its gradient iff the layer has a bias");
-    }
-    StepScalars s;
-    s.lr = scalars->lr;
-    s.momentum = scalars->momentum;
-    s.weightDecay = scalars->weight_decay;
-    s.nesterov = scalars->nesterov != 0;
-    s.decoupledWeightDecay = scalars->decoupled_weight_decay != 0;
-    l.preconditionedMomentumStep(o, s);
+    const StepOperands o = stepOperands(l, operands);
+    l.preconditionedMomentumStep(o, stepScalars(scalars));
   });
+}
+
+int32_t nysact_cuda_step_batch(nysact_cuda_layer* const* handles, const nysact_cuda_step_operands* operands,
+                               int64_t count, const nysact_cuda_step_scalars* scalars, int64_t* failed_layer,
+                               nysact_cuda_error* error) {
+  if (failed_layer != nullptr) *failed_layer = -1;
+  int64_t failed = -1;
+  const int32_t status = guarded(error, [&] {
+    if (count < 0 || (count > 0 && (handles == nullptr || operands == nullptr))) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers or operands");
+    }
+    const StepScalars s = stepScalars(scalars);
+    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
+    std::vector<StepOperands> ops(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      failed = i;
+      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
+      ops[static_cast<size_t>(i)] = stepOperands(*layers[static_cast<size_t>(i)], &operands[i]);
+    }
+    failed = -1;
+    if (count == 0) return;
+    Context& ctx = layers.front()->context();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    try {
+      CudaLayer::preconditionedMomentumStepBatch(layers, ops, s);
+    } catch (const BatchLayerError& e) {
+      failed = static_cast<int64_t>(e.index());
+      throw;
+    }
+  });
+  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
+  return status;
 }
 
 int32_t nysact_cuda_synchronize(nysact_cuda_error* error) {

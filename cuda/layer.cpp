@@ -360,16 +360,114 @@ void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScal
   if (spec_.bias && o.biasMemory != MemoryKind::Device) copyToHost(ctx_, o.bias, d.bias, q * sizeof(float));
 }
 
+namespace {
+
+bool perLayerSteps() {
+  const char* mode = std::getenv("NYSACT_CUDA_STEP");
+  return mode != nullptr && std::strcmp(mode, "per-layer") == 0;
+}
+
+}  // namespace
+
+bool CudaLayer::joinsStepBatch(const StepOperands& o, bool factors) const {
+  const bool plain = spec_.kind == LayerKind::Plain;
+  const bool device = o.weightMemory == MemoryKind::Device && o.gradWeightMemory == MemoryKind::Device &&
+                      (plain || !spec_.bias || (o.biasMemory == MemoryKind::Device && o.gradBiasMemory == MemoryKind::Device));
+  return (plain || factors) && device && !perLayerSteps();
+}
+
+size_t CudaLayer::stepBatchBytes(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members) {
+  ScratchPlan plan;
+  for (size_t i : members) {
+    const CudaLayer& l = *layers[i];
+    if (l.spec_.kind != LayerKind::Plain) (void)plan.add<float>(static_cast<size_t>(l.spec_.fanOut * l.k_));
+  }
+  return plan.total();
+}
+
+void CudaLayer::preconditionedMomentumStepBatch(const std::vector<CudaLayer*>& layers,
+                                                const std::vector<StepOperands>& operands, const StepScalars& s) {
+  if (layers.empty()) return;
+  Context& ctx = layers.front()->context();
+  std::vector<size_t> members, others;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (&layers[i]->context() != &ctx) {
+      throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "a step plan needs layers of one device"));
+    }
+    (layers[i]->joinsStepBatch(operands[i], layers[i]->hasFactors_) ? members : others).push_back(i);
+  }
+  // Plain parameters: one multi-tensor momentum launch per 96 tensors.
+  std::vector<size_t> preconditioned;
+  std::vector<DeviceMomentum> plain;
+  for (size_t i : members) {
+    const CudaLayer& l = *layers[i];
+    if (l.spec_.kind != LayerKind::Plain) {
+      preconditioned.push_back(i);
+      continue;
+    }
+    DeviceMomentum t;
+    t.n = l.spec_.weightSize();
+    t.weight = operands[i].weight;
+    t.grad = operands[i].gradWeight;
+    t.momentum = l.momentum_.data();
+    plain.push_back(t);
+  }
+  if (!plain.empty()) cuda::momentumStepBatch(ctx, plain, s);
+  if (!preconditioned.empty()) {
+    // Each member's M gets its own piece of the scratch arena (reserved by reserveStep).
+    char* base = ctx.scratch(stepBatchBytes(layers, preconditioned));
+    ScratchPlan plan;
+    std::vector<const LayerSpec*> specs;
+    std::vector<DeviceStep> steps;
+    for (size_t i : preconditioned) {
+      const CudaLayer& l = *layers[i];
+      const StepOperands& o = operands[i];
+      DeviceStep d;
+      d.basis = l.basis_.data();
+      d.coefficients = l.coefficients_.data();
+      d.k = l.k_;
+      d.inverseDamping = static_cast<float>(l.inverseDamping_);
+      d.weight = o.weight;
+      d.gradWeight = o.gradWeight;
+      d.momentum = l.momentum_.data();
+      d.scratchM = piece<float>(base, plan.add<float>(static_cast<size_t>(l.spec_.fanOut * l.k_)));
+      if (l.spec_.bias) {
+        d.bias = o.bias;
+        d.gradBias = o.gradBias;
+        d.biasMomentum = l.biasMomentum_.data();
+      }
+      specs.push_back(&l.spec_);
+      steps.push_back(d);
+    }
+    try {
+      cuda::preconditionedMomentumStepBatch(ctx, specs, steps, s);
+    } catch (const BatchLayerError& e) {
+      throw BatchLayerError(preconditioned[e.index() < preconditioned.size() ? e.index() : 0], e);
+    }
+  }
+  // The rest one by one (host operands are staged through the scratch arena one layer at a time;
+  // stream order keeps that after the batched launches above).
+  for (size_t i : others) {
+    try {
+      layers[i]->preconditionedMomentumStep(operands[i], s);
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+  }
+}
+
 void CudaLayer::reserveStep(const std::vector<CudaLayer*>& layers, const std::vector<bool>& factors,
                             const std::vector<StepOperands>& operands, double damping, NystromVariant variant) {
   if (layers.empty()) return;
   Context& ctx = layers.front()->context();
   size_t scratch = 0;
   std::vector<NystromDeviceInput> rebuilds;
+  std::vector<size_t> batched;
   for (size_t i = 0; i < layers.size(); ++i) {
     CudaLayer& l = *layers[i];
     if (&l.context() != &ctx) throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "a step plan needs layers of one device"));
     scratch = std::max(scratch, l.stepLayout(operands[i]).total);
+    if (l.joinsStepBatch(operands[i], l.hasFactors_ || factors[i])) batched.push_back(i);
     if (factors[i] && l.spec_.kind != LayerKind::Plain) {
       // The arrays a rebuild writes (unused, and not exported, until the layer has factors).
       if (l.basis_.empty()) l.basis_.resize(static_cast<size_t>(l.p_ * l.k_));
@@ -383,6 +481,7 @@ void CudaLayer::reserveStep(const std::vector<CudaLayer*>& layers, const std::ve
       rebuilds.push_back(in);
     }
   }
+  scratch = std::max(scratch, stepBatchBytes(layers, batched));
   if (scratch > 0) (void)ctx.scratch(scratch);
   reserveNystrom(ctx, rebuilds, !perLayerFactors());
 }

@@ -45,6 +45,13 @@ class CudaLayer {
   // Enqueued on the context's stream; the caller synchronises (Context::synchronize) before it reads
   // host operands back.  Device operands are used in place: no copy at all.
   void preconditionedMomentumStep(const StepOperands& operands, const StepScalars& s);
+  // preconditionedMomentumStep for many layers of one context (an optimizer step's updates), with
+  // the same results bit for bit.  Whose operands all live on the device share launches: the
+  // layers with factors the fused kernel's (cuda::preconditionedMomentumStepBatch), the plain
+  // parameters a multi-tensor momentum kernel's (cuda::momentumStepBatch).  The others, and every
+  // layer with NYSACT_CUDA_STEP=per-layer, step one by one.  Throws BatchLayerError naming a layer.
+  static void preconditionedMomentumStepBatch(const std::vector<CudaLayer*>& layers,
+                                              const std::vector<StepOperands>& operands, const StepScalars& s);
   // Before a step plan over these layers (of one context) changes anything: allocates every piece
   // of device memory its commits, its inverse update (layers with factors[i], batched or per
   // layer) and its fused steps with these operand kinds will use — factor arrays, the scratch and
@@ -65,6 +72,11 @@ class CudaLayer {
     size_t oW, oG, oB, oGb, oM, total;
   };
   StepLayout stepLayout(const StepOperands& o) const;
+  // Whether this layer's step joins a batched launch (preconditionedMomentumStepBatch), given
+  // whether it has factors by then.
+  bool joinsStepBatch(const StepOperands& o, bool factors) const;
+  // The scratch bytes of a batched launch over these layers (each its own M = G U).
+  static size_t stepBatchBytes(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members);
   void requirePreconditioned(const char* what) const;
   void requirePending() const;
   // The pending-sketch candidate for this statistics step (device / host indices).

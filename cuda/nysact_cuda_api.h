@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define NYSACT_CUDA_ABI_VERSION 5
+#define NYSACT_CUDA_ABI_VERSION 6
 
 #if defined(NYSACT_CUDA_BUILDING_LIBRARY)
 #define NYSACT_CUDA_EXPORT __attribute__((visibility("default")))
@@ -171,6 +171,15 @@ NYSACT_CUDA_EXPORT int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* la
  * complete on return (device-to-pageable copies are synchronous). */
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_step(nysact_cuda_layer* layer, const nysact_cuda_step_operands* operands,
                                             const nysact_cuda_step_scalars* scalars, nysact_cuda_error* error);
+/* nysact_cuda_step for `count` layers of one device (ABI 6), with the same results bit for bit:
+ * layers whose operands all live on the device share fused-kernel launches, the rest step one by
+ * one (NYSACT_CUDA_STEP=per-layer: all one by one).  On failure *failed_layer is the index of the
+ * layer it belongs to, or -1; layers before it may have been updated (as when a caller's loop
+ * over nysact_cuda_step stops part-way). */
+NYSACT_CUDA_EXPORT int32_t nysact_cuda_step_batch(nysact_cuda_layer* const* layers,
+                                                  const nysact_cuda_step_operands* operands, int64_t count,
+                                                  const nysact_cuda_step_scalars* scalars, int64_t* failed_layer,
+                                                  nysact_cuda_error* error);
 /* Waits for everything queued on the default device's context stream. */
 NYSACT_CUDA_EXPORT int32_t nysact_cuda_synchronize(nysact_cuda_error* error);
 

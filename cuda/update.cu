@@ -40,6 +40,51 @@ __global__ void momentumKernel(int64_t n, float* __restrict__ weight, const floa
   }
 }
 
+// Many plain parameters' momentum steps in one launch (a multi-tensor kernel: a model's norm scales
+// and shifts are many small tensors, each a launch of its own otherwise).  Tensor i owns chunks
+// [firstChunk[i], firstChunk[i+1]) of kMomentumChunk elements; each element gets momentumKernel's
+// arithmetic, so the results are bit-identical to one launch per tensor.
+constexpr int kMomentumTensors = 96;        // about 3 KB of parameters
+constexpr int64_t kMomentumChunk = 4 * 256;  // elements per block iteration: 4 per thread
+struct MomentumBatch {
+  int32_t count;
+  int64_t firstChunk[kMomentumTensors + 1];
+  int64_t n[kMomentumTensors];
+  float* weight[kMomentumTensors];
+  const float* grad[kMomentumTensors];
+  float* momentum[kMomentumTensors];
+  UpdateScalars u;
+};
+
+// __grid_constant__ (here and below): the descriptors are read where the launch put them, with
+// no per-thread copy of the parameter (one could be made for a parameter whose element is chosen at
+// run time).
+__global__ void momentumBatchKernel(__grid_constant__ const MomentumBatch batch) {
+  const int64_t chunks = batch.firstChunk[batch.count];
+  for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+    int lo = 0, hi = batch.count - 1;  // the last tensor whose first chunk is <= chunk
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (batch.firstChunk[mid] <= chunk) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int64_t begin = (chunk - batch.firstChunk[lo]) * kMomentumChunk;
+    const int64_t end = begin + kMomentumChunk < batch.n[lo] ? begin + kMomentumChunk : batch.n[lo];
+    float* __restrict__ weight = batch.weight[lo];
+    const float* __restrict__ grad = batch.grad[lo];
+    float* __restrict__ momentum = batch.momentum[lo];
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      float theta = weight[i], buf = momentum[i];
+      applyUpdate(batch.u, grad[i], theta, buf);
+      weight[i] = theta;
+      momentum[i] = buf;
+    }
+  }
+}
+
 // The update grid is rowsA x colsB with colsB the contiguous direction of the weight in memory:
 //   InOut (weight p0 x q):  a = i over p (U rows), b = j over q (M rows); bias = row a == p0.
 //   OutIn (weight q x p0):  a = j over q (M rows), b = i over p (U rows); bias = column b == p0.
@@ -65,79 +110,134 @@ struct FusedArgs {
   UpdateScalars u;
 };
 
+// The staging tiles of one block.
+struct FusedShared {
+  float a[kChunk][kTileA + 1];  // +1: the staging stores (kk fastest) avoid bank conflicts
+  float b[kChunk][kTileB + 1];
+};
+
+// One 64 x 128 tile of one layer's update, by the whole block (every thread calls it with the same
+// tile: it synchronises the block).
 template <bool kOutIn>
-__global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepKernel(FusedArgs f) {
-  __shared__ float sa[kChunk][kTileA + 1];  // +1: the staging stores (kk fastest) avoid bank conflicts
-  __shared__ float sb[kChunk][kTileB + 1];
+__device__ __forceinline__ void fusedTile(const FusedArgs& f, int64_t tile, FusedShared& sh) {
   const int tx = threadIdx.x % kThreadsB, ty = threadIdx.x / kThreadsB;
   const int64_t tilesB = (f.colsB + kTileB - 1) / kTileB;
-  const int64_t tilesA = (f.rowsA + kTileA - 1) / kTileA;
-  for (int64_t tile = blockIdx.x; tile < tilesA * tilesB; tile += gridDim.x) {
-    const int64_t a0 = (tile / tilesB) * kTileA, b0 = (tile % tilesB) * kTileB;
-    float acc[kPerThreadA][kPerThreadB];
+  const int64_t a0 = (tile / tilesB) * kTileA, b0 = (tile % tilesB) * kTileB;
+  float acc[kPerThreadA][kPerThreadB];
 #pragma unroll
-    for (int u = 0; u < kPerThreadA; ++u)
+  for (int u = 0; u < kPerThreadA; ++u)
 #pragma unroll
-      for (int v = 0; v < kPerThreadB; ++v) acc[u][v] = 0.0f;
+    for (int v = 0; v < kPerThreadB; ++v) acc[u][v] = 0.0f;
 
-    for (int64_t k0 = 0; k0 < f.k; k0 += kChunk) {
-      // Stage factor rows: consecutive threads read consecutive k of one row.
-      for (int e = threadIdx.x; e < kTileA * kChunk; e += blockDim.x) {
-        const int row = e / kChunk, kk = e % kChunk;
-        const int64_t a = a0 + row, kg = k0 + kk;
-        sa[kk][row] = (a < f.rowsA && kg < f.k) ? f.factorA[a * f.k + kg] : 0.0f;
-      }
-      for (int e = threadIdx.x; e < kTileB * kChunk; e += blockDim.x) {
-        const int row = e / kChunk, kk = e % kChunk;
-        const int64_t b = b0 + row, kg = k0 + kk;
-        sb[kk][row] = (b < f.colsB && kg < f.k) ? f.factorB[b * f.k + kg] * f.coefficients[kg] : 0.0f;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kChunk; ++kk) {
-        float ra[kPerThreadA], rb[kPerThreadB];
-#pragma unroll
-        for (int u = 0; u < kPerThreadA; ++u) ra[u] = sa[kk][ty + u * kThreadsA];
-#pragma unroll
-        for (int v = 0; v < kPerThreadB; ++v) rb[v] = sb[kk][tx + v * kThreadsB];
-#pragma unroll
-        for (int u = 0; u < kPerThreadA; ++u)
-#pragma unroll
-          for (int v = 0; v < kPerThreadB; ++v) acc[u][v] += ra[u] * rb[v];
-      }
-      __syncthreads();
+  for (int64_t k0 = 0; k0 < f.k; k0 += kChunk) {
+    // Stage factor rows: consecutive threads read consecutive k of one row.
+    for (int e = threadIdx.x; e < kTileA * kChunk; e += blockDim.x) {
+      const int row = e / kChunk, kk = e % kChunk;
+      const int64_t a = a0 + row, kg = k0 + kk;
+      sh.a[kk][row] = (a < f.rowsA && kg < f.k) ? f.factorA[a * f.k + kg] : 0.0f;
     }
+    for (int e = threadIdx.x; e < kTileB * kChunk; e += blockDim.x) {
+      const int row = e / kChunk, kk = e % kChunk;
+      const int64_t b = b0 + row, kg = k0 + kk;
+      sh.b[kk][row] = (b < f.colsB && kg < f.k) ? f.factorB[b * f.k + kg] * f.coefficients[kg] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kChunk; ++kk) {
+      float ra[kPerThreadA], rb[kPerThreadB];
+#pragma unroll
+      for (int u = 0; u < kPerThreadA; ++u) ra[u] = sh.a[kk][ty + u * kThreadsA];
+#pragma unroll
+      for (int v = 0; v < kPerThreadB; ++v) rb[v] = sh.b[kk][tx + v * kThreadsB];
+#pragma unroll
+      for (int u = 0; u < kPerThreadA; ++u)
+#pragma unroll
+        for (int v = 0; v < kPerThreadB; ++v) acc[u][v] += ra[u] * rb[v];
+    }
+    __syncthreads();
+  }
 
-    // Epilogue: the optimizer, one read and one write of θ and the momentum buffer per element.
+  // Epilogue: the optimizer, one read and one write of θ and the momentum buffer per element.
 #pragma unroll
-    for (int u = 0; u < kPerThreadA; ++u) {
-      const int64_t a = a0 + ty + u * kThreadsA;
-      if (a >= f.rowsA) continue;
+  for (int u = 0; u < kPerThreadA; ++u) {
+    const int64_t a = a0 + ty + u * kThreadsA;
+    if (a >= f.rowsA) continue;
 #pragma unroll
-      for (int v = 0; v < kPerThreadB; ++v) {
-        const int64_t b = b0 + tx + v * kThreadsB;
-        if (b >= f.colsB) continue;
-        const bool isBias = kOutIn ? b == f.p0 : a == f.p0;
-        const int64_t index = isBias ? (kOutIn ? a : b) : (kOutIn ? a * f.p0 + b : a * f.colsB + b);
-        float* theta = isBias ? f.bias : f.weight;
-        float* buffer = isBias ? f.biasMomentum : f.momentum;
-        const float g = isBias ? f.gradBias[index] : f.gradWeight[index];
-        float t = theta[index], m = buffer[index];
-        applyUpdate(f.u, g * f.inverseDamping + acc[u][v], t, m);
-        theta[index] = t;
-        buffer[index] = m;
-      }
+    for (int v = 0; v < kPerThreadB; ++v) {
+      const int64_t b = b0 + tx + v * kThreadsB;
+      if (b >= f.colsB) continue;
+      const bool isBias = kOutIn ? b == f.p0 : a == f.p0;
+      const int64_t index = isBias ? (kOutIn ? a : b) : (kOutIn ? a * f.p0 + b : a * f.colsB + b);
+      float* theta = isBias ? f.bias : f.weight;
+      float* buffer = isBias ? f.biasMomentum : f.momentum;
+      const float g = isBias ? f.gradBias[index] : f.gradWeight[index];
+      float t = theta[index], m = buffer[index];
+      applyUpdate(f.u, g * f.inverseDamping + acc[u][v], t, m);
+      theta[index] = t;
+      buffer[index] = m;
     }
   }
 }
 
-}  // namespace
+int64_t tilesOf(const FusedArgs& f) {
+  return ((f.rowsA + kTileA - 1) / kTileA) * ((f.colsB + kTileB - 1) / kTileB);
+}
 
-void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s) {
+unsigned int gridFor(int64_t tiles) {
+  return static_cast<unsigned int>(tiles < (int64_t{1} << 30) ? tiles : (int64_t{1} << 30));
+}
+
+template <bool kOutIn>
+__global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepKernel(__grid_constant__ const FusedArgs f) {
+  __shared__ FusedShared sh;
+  const int64_t tiles = ((f.rowsA + kTileA - 1) / kTileA) * ((f.colsB + kTileB - 1) / kTileB);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) fusedTile<kOutIn>(f, tile, sh);
+}
+
+// Many layers' updates in one launch, passed by value (a kernel parameter: no upload, so nothing
+// to synchronise with): layer i owns tiles [firstTile[i], firstTile[i] + its tile count).  The
+// arithmetic of each tile is fusedStepKernel's, so the results are those of one launch per layer,
+// bit for bit.
+constexpr int kBatchLayers = 48;  // 48 descriptors: about 7 KB of parameters (the limit is 32 KB)
+struct FusedBatch {
+  int32_t count;
+  int32_t outIn[kBatchLayers];
+  int64_t firstTile[kBatchLayers + 1];
+  FusedArgs layers[kBatchLayers];
+};
+
+__global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepBatchKernel(__grid_constant__ const FusedBatch batch) {
+  __shared__ FusedShared sh;
+  __shared__ FusedArgs current;  // the tile's layer, read by the whole block from shared memory
+  const int64_t tiles = batch.firstTile[batch.count];
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int lo = 0, hi = batch.count - 1;  // the last layer whose first tile is <= tile
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (batch.firstTile[mid] <= tile) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int64_t local = tile - batch.firstTile[lo];
+    if (threadIdx.x == 0) current = batch.layers[lo];
+    __syncthreads();
+    if (batch.outIn[lo]) {
+      fusedTile<true>(current, local, sh);
+    } else {
+      fusedTile<false>(current, local, sh);
+    }
+    __syncthreads();  // every thread is done with `current` before thread 0 replaces it
+  }
+}
+
+// M (q x k row-major, i.e. column-major k x q with leading dimension k) = G U_top (+ gb ⊗ U_bias),
+// and the fused kernel's arguments.
+FusedArgs prepareStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s) {
   const int64_t p0 = spec.fanIn, q = spec.fanOut, k = d.k;
   const int ki = toInt(k, "rank"), qi = toInt(q, "fanOut"), p0i = toInt(p0, "fanIn");
   const float one = 1.0f, zero = 0.0f;
-  // M (q x k row-major, i.e. column-major k x q with leading dimension k) = G U_top (+ gb ⊗ U_bias).
   if (spec.layout == WeightLayout::InOut) {
     // G' is p0 x q row-major: column-major q x p0, so op T gives the p0 x q operand.
     NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ki, qi, p0i, &one, d.basis, ki,
@@ -168,9 +268,15 @@ void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const
   f.momentum = d.momentum;
   f.biasMomentum = d.biasMomentum;
   f.u = updateScalars(s);
-  const int64_t tiles = ((f.rowsA + kTileA - 1) / kTileA) * ((f.colsB + kTileB - 1) / kTileB);
-  const unsigned int blocks = static_cast<unsigned int>(tiles < (int64_t{1} << 30) ? tiles : (int64_t{1} << 30));
-  if (outIn) {
+  return f;
+}
+
+}  // namespace
+
+void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s) {
+  const FusedArgs f = prepareStep(ctx, spec, d, s);
+  const unsigned int blocks = gridFor(tilesOf(f));
+  if (spec.layout == WeightLayout::OutIn) {
     NYSACT_LAUNCH(fusedStepKernel<true>, blocks, kThreadsA * kThreadsB, ctx.stream())(f);
   } else {
     NYSACT_LAUNCH(fusedStepKernel<false>, blocks, kThreadsA * kThreadsB, ctx.stream())(f);
@@ -178,10 +284,61 @@ void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
+void preconditionedMomentumStepBatch(const Context& ctx, const std::vector<const LayerSpec*>& specs,
+                                     const std::vector<DeviceStep>& steps, const StepScalars& s) {
+  FusedBatch batch{};
+  auto launch = [&] {
+    if (batch.count == 0) return;
+    NYSACT_LAUNCH(fusedStepBatchKernel, gridFor(batch.firstTile[batch.count]), kThreadsA * kThreadsB, ctx.stream())(batch);
+    NYSACT_CUDA_CHECK_LAUNCH();
+    batch.count = 0;
+  };
+  for (size_t i = 0; i < specs.size(); ++i) {
+    FusedArgs f;
+    try {
+      f = prepareStep(ctx, *specs[i], steps[i], s);
+    } catch (const Error& e) {
+      throw BatchLayerError(i, e);
+    }
+    const int c = batch.count;
+    batch.layers[c] = f;
+    batch.outIn[c] = specs[i]->layout == WeightLayout::OutIn ? 1 : 0;
+    batch.firstTile[c + 1] = batch.firstTile[c] + tilesOf(f);  // firstTile[0] stays 0
+    batch.count = c + 1;
+    if (batch.count == kBatchLayers) launch();
+  }
+  launch();
+}
+
 void momentumStep(const Context& ctx, int64_t n, float* weight, const float* grad, float* momentum,
                   const StepScalars& s) {
   NYSACT_LAUNCH(momentumKernel, blocksFor(n), kThreads, ctx.stream())(n, weight, grad, momentum, updateScalars(s));
   NYSACT_CUDA_CHECK_LAUNCH();
+}
+
+void momentumStepBatch(const Context& ctx, const std::vector<DeviceMomentum>& tensors, const StepScalars& s) {
+  MomentumBatch batch{};
+  batch.u = updateScalars(s);
+  auto launch = [&] {
+    if (batch.count == 0) return;
+    const int64_t chunks = batch.firstChunk[batch.count];
+    const unsigned int blocks = static_cast<unsigned int>(chunks < (int64_t{1} << 30) ? chunks : (int64_t{1} << 30));
+    NYSACT_LAUNCH(momentumBatchKernel, blocks, kThreads, ctx.stream())(batch);
+    NYSACT_CUDA_CHECK_LAUNCH();
+    batch.count = 0;
+  };
+  for (const DeviceMomentum& t : tensors) {
+    if (t.n <= 0) continue;
+    const int c = batch.count;
+    batch.n[c] = t.n;
+    batch.weight[c] = t.weight;
+    batch.grad[c] = t.grad;
+    batch.momentum[c] = t.momentum;
+    batch.firstChunk[c + 1] = batch.firstChunk[c] + (t.n + kMomentumChunk - 1) / kMomentumChunk;  // [0] stays 0
+    batch.count = c + 1;
+    if (batch.count == kMomentumTensors) launch();
+  }
+  launch();
 }
 
 }  // namespace cuda

@@ -185,6 +185,48 @@ function sameValue(a: unknown, b: unknown): boolean {
  * if (opt.needsActivations) opt.observe('fc1', x, [batch, 784]);
  * opt.step({ fc1: { weight, grad, bias, biasGrad } });
  */
+interface StepOperandUse {
+  value: unknown; // what the caller passed
+  operand: NativeOperand | null; // what the plan holds (null: no bias)
+  name: string;
+  written: boolean;
+}
+
+// A step writes weights and biases in place, and may update many layers at once (CUDA shares
+// kernel launches between layers): an array it writes must share no memory with any other array of
+// the step, or the result would depend on the order of the updates.  Read-only gradients may be
+// shared.  Float32Arrays overlap when they view overlapping bytes of one buffer; DeviceTensors
+// when they are the same tensor.
+function requireNoWrittenOverlap(uses: StepOperandUse[]): void {
+  const byMemory = new Map<unknown, { begin: number; end: number; use: StepOperandUse }[]>();
+  for (const use of uses) {
+    if (use.operand === null) continue;
+    const view = use.value instanceof Float32Array ? use.value : null;
+    const memory = view !== null ? view.buffer : use.operand;
+    const begin = view !== null ? view.byteOffset : 0;
+    const end = view !== null ? view.byteOffset + view.byteLength : Number.POSITIVE_INFINITY;
+    if (end <= begin) continue;
+    let list = byMemory.get(memory);
+    if (list === undefined) byMemory.set(memory, (list = []));
+    list.push({ begin, end, use });
+  }
+  for (const list of byMemory.values()) {
+    list.sort((a, b) => a.begin - b.begin);
+    for (let i = 0; i < list.length; ++i) {
+      for (let j = i + 1; j < list.length && list[j].begin < list[i].end; ++j) {
+        if (!list[i].use.written && !list[j].use.written) continue;
+        const [a, b] = list[i].use.written ? [list[i].use, list[j].use] : [list[j].use, list[i].use];
+        throw invalidRange(
+          `an array sharing no memory with ${b.name}`,
+          a.name,
+          a.value,
+          'a step writes weights and biases in place, so they must not overlap any other array of the step',
+        );
+      }
+    }
+  }
+}
+
 export class NysAct {
   readonly #native: NativeBinding;
   readonly #options: ResolvedNysActOptions;
@@ -605,7 +647,8 @@ export class NysAct {
    *   statistics, factors, weight decay or momentum; their pending statistics are dropped), as
    *   PyTorch skips parameters whose `.grad` is None. Default `'throw'`.
    * @throws {TypeError | RangeError} `ERR_NYSACT_INVALID_ARGUMENT` for a missing (with
-   *   `missing: 'throw'`), unknown or malformed entry, a tensor of the wrong length or backend.
+   *   `missing: 'throw'`), unknown or malformed entry, a tensor of the wrong length or backend, or
+   *   a weight or bias sharing memory with any other array of the step (gradients may be shared).
    * @throws {NysActError} `ERR_NYSACT_MISSING_ACTIVATIONS` on a statistics step without
    *   activations for a layer; `ERR_NYSACT_NON_FINITE` for NaN/Infinity in a gradient with
    *   `nonFinite: 'throw'`; `ERR_NYSACT_DISPOSED` for a disposed tensor; `ERR_NYSACT_BUSY` while
@@ -733,6 +776,14 @@ export class NysAct {
       }
       updates.push({ rec, weight, grad, bias, biasGrad });
     }
+    requireNoWrittenOverlap(
+      updates.flatMap((u) => [
+        { value: grads[u.rec.name].weight, operand: u.weight, name: `grads.${u.rec.name}.weight`, written: true },
+        { value: grads[u.rec.name].bias, operand: u.bias, name: `grads.${u.rec.name}.bias`, written: true },
+        { value: grads[u.rec.name].grad, operand: u.grad, name: `grads.${u.rec.name}.grad`, written: false },
+        { value: grads[u.rec.name].biasGrad, operand: u.biasGrad, name: `grads.${u.rec.name}.biasGrad`, written: false },
+      ]),
+    );
 
     const t = this.#iteration;
     const statistics = t % this.#options.tcov === 0;

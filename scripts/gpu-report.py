@@ -90,7 +90,8 @@ def main():
             continue
         lines.append(f"| whole step, {ws.get('layers')} layers, rank {ws.get('rank')}, "
                      f"{ws.get('parameters', 0) / 1e6:.1f} M parameters | device-resident "
-                     f"{ws.get('deviceResidentMs', 0):.2f} ms = {ws.get('deviceResidentOverSgd', 0):.2f}× SGD-momentum "
+                     f"{ws.get('deviceResidentMs', 0):.2f} ms (one launch per layer: "
+                     f"{ws.get('deviceResidentPerLayerMs', 0):.2f} ms) = {ws.get('deviceResidentOverSgd', 0):.2f}× SGD-momentum "
                      f"({ws.get('sgdMomentumMs', 0):.2f} ms); as fractions of copy bandwidth "
                      f"{100 * ws.get('deviceResidentFractionOfCopyBandwidth', 0):.0f}% vs SGD's "
                      f"{100 * ws.get('sgdMomentumFractionOfCopyBandwidth', 0):.0f}%; host arrays "

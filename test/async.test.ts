@@ -295,6 +295,15 @@ t.test('the raw binding marks layers busy and refuses to dispose them', async (t
   t.same(reports, [], 'no factor reports (none rebuilt)');
   t.same([...weight], [0.5, 1.5, 2.5, 3.5], 'w -= lr * g');
   t.throws(() => native.stepPlan({ ...plan, layers: [layer, layer], weights: [weight, weight], biases: [null, null], grads: plan.grads.concat(plan.grads), biasGrads: [null, null] }), { code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /appears twice/ });
+  // The binding refuses written arrays that overlap another operand, whatever JS passes it.
+  const other = new native.Layer(spec, 'cpu');
+  const shared = new Float32Array(6);
+  const overlapping = { ...plan, layers: [layer, other], weights: [shared.subarray(0, 4), shared.subarray(2, 6)], biases: [null, null], grads: plan.grads.concat(plan.grads), biasGrads: [null, null] };
+  t.throws(() => native.stepPlan(overlapping), { code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /plan\.weights\[\d\] shares memory with plan\.weights\[\d\]/ });
+  t.throws(() => native.stepPlan({ ...plan, grads: [weight] }), { code: 'ERR_NYSACT_INVALID_ARGUMENT', message: /plan\.weights\[0\] shares memory with plan\.grads\[0\]/ });
+  t.same([...shared], [0, 0, 0, 0, 0, 0], 'nothing was written');
+  t.same(native.stepPlan({ ...plan, layers: [layer, other], weights: [shared.subarray(0, 4), new Float32Array(4)], biases: [null, null], grads: [plan.grads[0], plan.grads[0]], biasGrads: [null, null] }), [], 'one gradient array read by two layers is fine');
+  other.dispose();
   layer.dispose();
   t.throws(() => native.stepPlan(plan), { code: 'ERR_NYSACT_DISPOSED' });
 });

@@ -367,6 +367,20 @@ const stepCases: Case[] = [
   { name: 'step bias wrong length', at: 'plain', call: withGrads((g) => (g.full.bias = new Float32Array(3))), error: RangeError, code: INVALID, message: /length 2 for grads\.full\.bias/ },
   { name: 'step bias on a layer without bias', at: 'plain', call: withGrads((g) => (g.conv.bias = new Float32Array(2))), error: TypeError, code: INVALID, message: /undefined for grads\.conv\.bias .*"conv" has no bias/ },
   { name: 'step biasGrad on a plain parameter', at: 'plain', call: withGrads((g) => (g.ln.biasGrad = new Float32Array(5))), error: TypeError, code: INVALID, message: /grads\.ln\.biasGrad/ },
+  { name: 'step weight shared by two layers', at: 'stats', call: withGrads((g) => (g.sub.weight = g.fc1.weight)), error: RangeError, code: INVALID, message: /an array sharing no memory with grads\.(sub|fc1)\.weight for grads\.(fc1|sub)\.weight .*a step writes weights and biases in place/ },
+  { name: 'step weight that is its own grad', at: 'plain', call: withGrads((g) => (g.conv.grad = g.conv.weight)), error: RangeError, code: INVALID, message: /sharing no memory with grads\.conv\.grad for grads\.conv\.weight/ },
+  {
+    name: 'step bias overlapping a weight in one buffer',
+    at: 'plain',
+    call: withGrads((g) => {
+      const buffer = new Float32Array(14);
+      g.fc1.weight = buffer.subarray(0, 12);
+      g.fc1.bias = buffer.subarray(11, 14);
+    }),
+    error: RangeError,
+    code: INVALID,
+    message: /sharing no memory with grads\.fc1\.(weight|bias) for grads\.fc1\.(bias|weight)/,
+  },
   { name: 'step NaN grad (throw)', at: 'stats', call: withGrads((g) => (g.fc1.grad[3] = NaN)), error: NysActError, code: 'ERR_NYSACT_NON_FINITE', message: /finite values for grads\.fc1\.grad/ },
   { name: 'step Infinity biasGrad (throw)', at: 'plain', call: withGrads((g) => ((g.sub.biasGrad as Float32Array)[1] = Infinity)), error: NysActError, code: 'ERR_NYSACT_NON_FINITE', message: /grads\.sub\.biasGrad/ },
   { name: 'step NaN in last layer (throw)', at: 'stats', call: withGrads((g) => (g.ln.grad[4] = NaN)), error: NysActError, code: 'ERR_NYSACT_NON_FINITE', message: /grads\.ln\.grad/ },
@@ -392,6 +406,20 @@ const stepCases: Case[] = [
 
 t.test('step', async (t) => {
   for (const c of stepCases) checkCase(t, { unchanged: true, ...c });
+});
+
+t.test('arrays a step only reads may be shared; adjacent views of one buffer are fine', async (t) => {
+  const f = fixtureAt('plain');
+  const g = f.grads();
+  g.sub.grad = g.fc1.grad; // one gradient array read by two layers
+  const buffer = new Float32Array(15);
+  buffer.set(f.params.fc1.weight, 0);
+  buffer.set(f.params.fc1.bias as Float32Array, 12);
+  g.fc1.weight = buffer.subarray(0, 12);
+  g.fc1.bias = buffer.subarray(12, 15);
+  const result = f.opt.step(g);
+  t.equal(result.skipped, false);
+  t.not(buffer[0], f.params.fc1.weight[0], 'the weight view was updated in place');
 });
 
 t.test('a failed step can be retried', async (t) => {

@@ -832,11 +832,48 @@ class PlanParser {
       if (e.commit && !e.layer->hasPendingStatistics()) throwRange(env_, where() + " has no pending statistics to commit");
       if (std::find(plan.backends.begin(), plan.backends.end(), &backend) == plan.backends.end()) plan.backends.push_back(&backend);
       plan.entries.push_back(e);
+      const float* arrays[] = {e.operands.weight, e.operands.bias, e.operands.gradWeight, e.operands.gradBias};
+      const char* fields[] = {"weights", "biases", "grads", "biasGrads"};
+      const int64_t lengths[] = {size, spec.fanOut, size, spec.fanOut};
+      for (int f = 0; f < 4; ++f) {
+        if (arrays[f] != nullptr && lengths[f] > 0) {
+          ranges_.push_back({reinterpret_cast<uintptr_t>(arrays[f]),
+                             reinterpret_cast<uintptr_t>(arrays[f]) + static_cast<uintptr_t>(lengths[f]) * sizeof(float),
+                             fields[f], i, f < 2});
+        }
+      }
     }
+    requireNoWrittenOverlap();
     return plan;
   }
 
  private:
+  // An operand's memory: [begin, end) bytes, and whether the step writes it (weights, biases).
+  struct Range {
+    uintptr_t begin, end;
+    const char* field;
+    uint32_t entry;
+    bool written;
+  };
+
+  // A step writes weights and biases in place, and may update many layers at once (CUDA's batched
+  // launches): an array it writes must share no memory with any other operand of the plan, or the
+  // result would depend on the order of the updates.  (Read-only operands may be shared.)
+  void requireNoWrittenOverlap() {
+    std::sort(ranges_.begin(), ranges_.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    for (size_t i = 0; i < ranges_.size(); ++i) {
+      for (size_t j = i + 1; j < ranges_.size() && ranges_[j].begin < ranges_[i].end; ++j) {
+        if (!ranges_[i].written && !ranges_[j].written) continue;
+        const Range& a = ranges_[i].written ? ranges_[i] : ranges_[j];
+        const Range& b = ranges_[i].written ? ranges_[j] : ranges_[i];
+        throwRange(env_, "plan." + std::string(a.field) + "[" + std::to_string(a.entry) + "] shares memory with plan." +
+                             b.field + "[" + std::to_string(b.entry) +
+                             "]: a step writes weights and biases in place, so they must not overlap any other array of the step");
+      }
+    }
+  }
+
+  std::vector<Range> ranges_;
   float* operand(StepPlan& plan, const Napi::Value& v, const char* field, uint32_t i, int64_t expected, Backend& backend,
                  MemoryKind& kind) {
     auto name = [field, i] { return std::string("plan.") + field + "[" + std::to_string(i) + "]"; };
@@ -934,10 +971,27 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
       if (reports.size() != layers.size()) throw Error("ERR_NYSACT_NATIVE", "nystromFactorsBatch returned too few reports");
       for (size_t j = 0; j < entries.size(); ++j) out.reports[entries[j]] = std::move(reports[j]);
     }
-    for (size_t i = 0; i < plan.entries.size(); ++i) {
-      out.failedEntry = static_cast<int64_t>(i);
-      const PlanEntry& e = plan.entries[i];
-      e.layer->preconditionedMomentumStep(e.operands, plan.scalars);
+    // The updates: one batch per backend (CUDA shares fused-kernel launches across layers; the
+    // results are those of the per-layer calls).
+    for (Backend* backend : plan.backends) {
+      std::vector<Layer*> layers;
+      std::vector<StepOperands> operands;
+      std::vector<size_t> entries;
+      for (size_t i = 0; i < plan.entries.size(); ++i) {
+        const PlanEntry& e = plan.entries[i];
+        if (&e.wrap->backend() != backend) continue;
+        layers.push_back(e.layer);
+        operands.push_back(e.operands);
+        entries.push_back(i);
+      }
+      if (layers.empty()) continue;
+      out.failedEntry = static_cast<int64_t>(entries.front());
+      try {
+        backend->preconditionedMomentumStepBatch(layers, operands, plan.scalars);
+      } catch (const BatchLayerError& e) {
+        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
+        throw;
+      }
     }
     out.failedEntry = -1;
     for (Backend* b : plan.backends) b->synchronize();

@@ -20,12 +20,14 @@
 #undef __host__
 #undef __forceinline__
 #undef __launch_bounds__
+#undef __grid_constant__
 #undef __shared__
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __shared__ static thread_local
 
 #define threadIdx (::nysact_emu::current->threadIdx)

@@ -157,7 +157,7 @@ FactorReport toReport(const nysact_cuda_factor_report& r) {
   return report;
 }
 
-// The C ABI's operands of a step.
+// The C ABI's scalars and operands of a step.
 nysact_cuda_step_scalars toCudaScalars(const StepScalars& s) {
   nysact_cuda_step_scalars c{};
   c.struct_size = sizeof(c);

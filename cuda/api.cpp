@@ -192,6 +192,41 @@ StepScalars stepScalars(const nysact_cuda_step_scalars* scalars) {
   return s;
 }
 
+// The frame of a batch entry point (the layers of one device, and a failure pinned on one of
+// them): `arrays` says whether the per-layer arrays are present; `collect(i, layer)` converts
+// layer i's inputs (its errors name layer i); `run(layers)` runs under the device context's lock
+// (a BatchLayerError names its layer).  *failed_layer: that layer's index on failure, else -1.
+template <typename Collect, typename Run>
+int32_t onBatch(nysact_cuda_layer* const* handles, int64_t count, bool arrays, const char* what,
+                int64_t* failedLayer, nysact_cuda_error* error, Collect&& collect, Run&& run) {
+  if (failedLayer != nullptr) *failedLayer = -1;
+  int64_t failed = -1;
+  const int32_t status = guarded(error, [&] {
+    if (count < 0 || (count > 0 && (handles == nullptr || !arrays))) {
+      throw Error("ERR_NYSACT_INVALID_ARGUMENT", std::string("null layers or ") + what);
+    }
+    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      failed = i;
+      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
+      collect(static_cast<size_t>(i), *layers[static_cast<size_t>(i)]);
+    }
+    failed = -1;
+    if (count == 0) return;
+    Context& ctx = layers.front()->context();
+    std::lock_guard<std::mutex> lock(ctx.mutex());
+    ctx.activate();
+    try {
+      run(layers);
+    } catch (const BatchLayerError& e) {
+      failed = static_cast<int64_t>(e.index());
+      throw;
+    }
+  });
+  if (status != NYSACT_CUDA_OK && failedLayer != nullptr) *failedLayer = failed;
+  return status;
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace nysact
@@ -341,74 +376,37 @@ int32_t nysact_cuda_nystrom_factors(nysact_cuda_layer* handle, double damping, i
 int32_t nysact_cuda_nystrom_factors_batch(nysact_cuda_layer* const* handles, int64_t count, double damping,
                                           int32_t variant, nysact_cuda_factor_report* reports, int64_t* failed_layer,
                                           nysact_cuda_error* error) {
-  if (failed_layer != nullptr) *failed_layer = -1;
-  int64_t failed = -1;
-  const int32_t status = guarded(error, [&] {
-    if (count < 0 || (count > 0 && (handles == nullptr || reports == nullptr))) {
-      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers or reports");
-    }
-    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) {
-      failed = i;
-      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
-      requireStruct(reports[i].struct_size, sizeof(nysact_cuda_factor_report), "nysact_cuda_factor_report");
-    }
-    failed = -1;
-    if (count == 0) return;
-    Context& ctx = layers.front()->context();
-    std::lock_guard<std::mutex> lock(ctx.mutex());
-    ctx.activate();
-    std::vector<FactorReport> out;
-    try {
-      out = CudaLayer::nystromFactorsBatch(layers, damping, static_cast<NystromVariant>(variant));
-    } catch (const BatchLayerError& e) {
-      failed = static_cast<int64_t>(e.index());
-      throw;
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const FactorReport& r = out[static_cast<size_t>(i)];
-      reports[i].status = static_cast<int32_t>(r.status);
-      reports[i].attempts = r.attempts;
-      reports[i].shift = r.shift;
-      copyText(reports[i].detail, sizeof(reports[i].detail), r.detail);
-    }
-  });
-  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
-  return status;
+  return onBatch(
+      handles, count, reports != nullptr, "reports", failed_layer, error,
+      [&](size_t i, CudaLayer&) {
+        requireStruct(reports[i].struct_size, sizeof(nysact_cuda_factor_report), "nysact_cuda_factor_report");
+      },
+      [&](const std::vector<CudaLayer*>& layers) {
+        const std::vector<FactorReport> out =
+            CudaLayer::nystromFactorsBatch(layers, damping, static_cast<NystromVariant>(variant));
+        for (size_t i = 0; i < out.size(); ++i) {
+          reports[i].status = static_cast<int32_t>(out[i].status);
+          reports[i].attempts = out[i].attempts;
+          reports[i].shift = out[i].shift;
+          copyText(reports[i].detail, sizeof(reports[i].detail), out[i].detail);
+        }
+      });
 }
 
 int32_t nysact_cuda_reserve_step(nysact_cuda_layer* const* handles, const int32_t* factors,
                                  const nysact_cuda_step_operands* operands, int64_t count, double damping,
                                  int32_t variant, int64_t* failed_layer, nysact_cuda_error* error) {
-  if (failed_layer != nullptr) *failed_layer = -1;
-  int64_t failed = -1;
-  const int32_t status = guarded(error, [&] {
-    if (count < 0 || (count > 0 && (handles == nullptr || factors == nullptr || operands == nullptr))) {
-      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers, factor flags or operands");
-    }
-    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
-    std::vector<bool> rebuild(static_cast<size_t>(count));
-    std::vector<StepOperands> kinds(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) {
-      failed = i;
-      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
-      rebuild[static_cast<size_t>(i)] = factors[i] != 0;
-      kinds[static_cast<size_t>(i)] = toOperands(operands[i]);  // only the memory kinds are read
-    }
-    failed = -1;
-    if (count == 0) return;
-    Context& ctx = layers.front()->context();
-    std::lock_guard<std::mutex> lock(ctx.mutex());
-    ctx.activate();
-    try {
-      CudaLayer::reserveStep(layers, rebuild, kinds, damping, static_cast<NystromVariant>(variant));
-    } catch (const BatchLayerError& e) {
-      failed = static_cast<int64_t>(e.index());
-      throw;
-    }
-  });
-  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
-  return status;
+  std::vector<bool> rebuild;
+  std::vector<StepOperands> kinds;
+  return onBatch(
+      handles, count, factors != nullptr && operands != nullptr, "factor flags or operands", failed_layer, error,
+      [&](size_t i, CudaLayer&) {
+        rebuild.push_back(factors[i] != 0);
+        kinds.push_back(toOperands(operands[i]));  // only the memory kinds are read
+      },
+      [&](const std::vector<CudaLayer*>& layers) {
+        CudaLayer::reserveStep(layers, rebuild, kinds, damping, static_cast<NystromVariant>(variant));
+      });
 }
 
 int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_operands* operands,
@@ -422,34 +420,13 @@ int32_t nysact_cuda_step(nysact_cuda_layer* handle, const nysact_cuda_step_opera
 int32_t nysact_cuda_step_batch(nysact_cuda_layer* const* handles, const nysact_cuda_step_operands* operands,
                                int64_t count, const nysact_cuda_step_scalars* scalars, int64_t* failed_layer,
                                nysact_cuda_error* error) {
-  if (failed_layer != nullptr) *failed_layer = -1;
-  int64_t failed = -1;
-  const int32_t status = guarded(error, [&] {
-    if (count < 0 || (count > 0 && (handles == nullptr || operands == nullptr))) {
-      throw Error("ERR_NYSACT_INVALID_ARGUMENT", "null layers or operands");
-    }
-    const StepScalars s = stepScalars(scalars);
-    std::vector<CudaLayer*> layers(static_cast<size_t>(count));
-    std::vector<StepOperands> ops(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) {
-      failed = i;
-      layers[static_cast<size_t>(i)] = &layerOf(handles[i]);
-      ops[static_cast<size_t>(i)] = stepOperands(*layers[static_cast<size_t>(i)], &operands[i]);
-    }
-    failed = -1;
-    if (count == 0) return;
-    Context& ctx = layers.front()->context();
-    std::lock_guard<std::mutex> lock(ctx.mutex());
-    ctx.activate();
-    try {
-      CudaLayer::preconditionedMomentumStepBatch(layers, ops, s);
-    } catch (const BatchLayerError& e) {
-      failed = static_cast<int64_t>(e.index());
-      throw;
-    }
-  });
-  if (status != NYSACT_CUDA_OK && failed_layer != nullptr) *failed_layer = failed;
-  return status;
+  std::vector<StepOperands> ops;
+  return onBatch(
+      handles, count, operands != nullptr, "operands", failed_layer, error,
+      [&](size_t i, CudaLayer& layer) { ops.push_back(stepOperands(layer, &operands[i])); },
+      [&](const std::vector<CudaLayer*>& layers) {
+        CudaLayer::preconditionedMomentumStepBatch(layers, ops, stepScalars(scalars));
+      });
 }
 
 int32_t nysact_cuda_synchronize(nysact_cuda_error* error) {

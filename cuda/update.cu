@@ -40,6 +40,21 @@ __global__ void momentumKernel(int64_t n, float* __restrict__ weight, const floa
   }
 }
 
+// Which of `count` consecutive ranges of work items holds `item`: the last i with first[i] <= item
+// (first[0] == 0, ascending).
+__device__ __forceinline__ int ownerOf(const int64_t* first, int count, int64_t item) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first[mid] <= item) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 // Many plain parameters' momentum steps in one launch (a multi-tensor kernel: a model's norm scales
 // and shifts are many small tensors, each a launch of its own otherwise).  Tensor i owns chunks
 // [firstChunk[i], firstChunk[i+1]) of kMomentumChunk elements; each element gets momentumKernel's
@@ -62,15 +77,7 @@ struct MomentumBatch {
 __global__ void momentumBatchKernel(__grid_constant__ const MomentumBatch batch) {
   const int64_t chunks = batch.firstChunk[batch.count];
   for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
-    int lo = 0, hi = batch.count - 1;  // the last tensor whose first chunk is <= chunk
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (batch.firstChunk[mid] <= chunk) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
+    const int lo = ownerOf(batch.firstChunk, batch.count, chunk);
     const int64_t begin = (chunk - batch.firstChunk[lo]) * kMomentumChunk;
     const int64_t end = begin + kMomentumChunk < batch.n[lo] ? begin + kMomentumChunk : batch.n[lo];
     float* __restrict__ weight = batch.weight[lo];
@@ -211,15 +218,7 @@ __global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepBatchKernel(__g
   __shared__ FusedArgs current;  // the tile's layer, read by the whole block from shared memory
   const int64_t tiles = batch.firstTile[batch.count];
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    int lo = 0, hi = batch.count - 1;  // the last layer whose first tile is <= tile
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (batch.firstTile[mid] <= tile) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
+    const int lo = ownerOf(batch.firstTile, batch.count, tile);
     const int64_t local = tile - batch.firstTile[lo];
     if (threadIdx.x == 0) current = batch.layers[lo];
     __syncthreads();

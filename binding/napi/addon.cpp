@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -917,29 +918,42 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
     out.code = code;
     out.message = message;
   };
+  // The plan's entries on one backend (only those that rebuild factors, with `rebuilding`).
+  struct Group {
+    std::vector<Layer*> layers;
+    std::vector<bool> factors;
+    std::vector<StepOperands> operands;
+    std::vector<size_t> entries;
+  };
+  auto groupOf = [&](Backend* backend, bool rebuilding) {
+    Group g;
+    for (size_t i = 0; i < plan.entries.size(); ++i) {
+      const PlanEntry& e = plan.entries[i];
+      if (&e.wrap->backend() != backend || (rebuilding && !e.factors)) continue;
+      g.layers.push_back(e.layer);
+      g.factors.push_back(e.factors);
+      g.operands.push_back(e.operands);
+      g.entries.push_back(i);
+    }
+    return g;
+  };
+  // Runs a backend's batch call over a group, naming the plan entry a BatchLayerError points at.
+  auto onGroup = [&](const Group& g, const std::function<void()>& call) {
+    out.failedEntry = static_cast<int64_t>(g.entries.front());
+    try {
+      call();
+    } catch (const BatchLayerError& e) {
+      if (e.index() < g.entries.size()) out.failedEntry = static_cast<int64_t>(g.entries[e.index()]);
+      throw;
+    }
+  };
   try {
     // First every backend allocates what the whole step will use (CUDA: factor arrays, scratch and
     // staging regions), so that a step short of memory fails before it changes anything.
     for (Backend* backend : plan.backends) {
-      std::vector<Layer*> layers;
-      std::vector<bool> factors;
-      std::vector<StepOperands> operands;
-      std::vector<size_t> entries;
-      for (size_t i = 0; i < plan.entries.size(); ++i) {
-        const PlanEntry& e = plan.entries[i];
-        if (&e.wrap->backend() != backend) continue;
-        layers.push_back(e.layer);
-        factors.push_back(e.factors);
-        operands.push_back(e.operands);
-        entries.push_back(i);
-      }
-      out.failedEntry = entries.empty() ? -1 : static_cast<int64_t>(entries.front());
-      try {
-        backend->reserveStep(layers, factors, operands, plan.damping, plan.variant);
-      } catch (const BatchLayerError& e) {
-        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
-        throw;
-      }
+      const Group g = groupOf(backend, false);
+      if (g.layers.empty()) continue;
+      onGroup(g, [&] { backend->reserveStep(g.layers, g.factors, g.operands, plan.damping, plan.variant); });
     }
     for (size_t i = 0; i < plan.entries.size(); ++i) {
       out.failedEntry = static_cast<int64_t>(i);
@@ -950,48 +964,19 @@ void runPlan(const StepPlan& plan, PlanOutcome& out) {
     // backend batches their r x r problems; a layer's factors depend on that layer alone, so the
     // results are those of the per-layer calls).
     for (Backend* backend : plan.backends) {
-      std::vector<Layer*> layers;
-      std::vector<size_t> entries;
-      for (size_t i = 0; i < plan.entries.size(); ++i) {
-        const PlanEntry& e = plan.entries[i];
-        if (e.factors && &e.wrap->backend() == backend) {
-          layers.push_back(e.layer);
-          entries.push_back(i);
-        }
-      }
-      if (layers.empty()) continue;
-      out.failedEntry = static_cast<int64_t>(entries.front());
+      const Group g = groupOf(backend, true);
+      if (g.layers.empty()) continue;
       std::vector<FactorReport> reports;
-      try {
-        reports = backend->nystromFactorsBatch(layers, plan.damping, plan.variant);
-      } catch (const BatchLayerError& e) {
-        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
-        throw;
-      }
-      if (reports.size() != layers.size()) throw Error("ERR_NYSACT_NATIVE", "nystromFactorsBatch returned too few reports");
-      for (size_t j = 0; j < entries.size(); ++j) out.reports[entries[j]] = std::move(reports[j]);
+      onGroup(g, [&] { reports = backend->nystromFactorsBatch(g.layers, plan.damping, plan.variant); });
+      if (reports.size() != g.layers.size()) throw Error("ERR_NYSACT_NATIVE", "nystromFactorsBatch returned too few reports");
+      for (size_t j = 0; j < g.entries.size(); ++j) out.reports[g.entries[j]] = std::move(reports[j]);
     }
-    // The updates: one batch per backend (CUDA shares fused-kernel launches across layers; the
-    // results are those of the per-layer calls).
+    // The updates: one batch per backend (CUDA shares kernel launches across layers; the results
+    // are those of the per-layer calls).
     for (Backend* backend : plan.backends) {
-      std::vector<Layer*> layers;
-      std::vector<StepOperands> operands;
-      std::vector<size_t> entries;
-      for (size_t i = 0; i < plan.entries.size(); ++i) {
-        const PlanEntry& e = plan.entries[i];
-        if (&e.wrap->backend() != backend) continue;
-        layers.push_back(e.layer);
-        operands.push_back(e.operands);
-        entries.push_back(i);
-      }
-      if (layers.empty()) continue;
-      out.failedEntry = static_cast<int64_t>(entries.front());
-      try {
-        backend->preconditionedMomentumStepBatch(layers, operands, plan.scalars);
-      } catch (const BatchLayerError& e) {
-        if (e.index() < entries.size()) out.failedEntry = static_cast<int64_t>(entries[e.index()]);
-        throw;
-      }
+      const Group g = groupOf(backend, false);
+      if (g.layers.empty()) continue;
+      onGroup(g, [&] { backend->preconditionedMomentumStepBatch(g.layers, g.operands, plan.scalars); });
     }
     out.failedEntry = -1;
     for (Backend* b : plan.backends) b->synchronize();

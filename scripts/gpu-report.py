@@ -49,6 +49,9 @@ def main():
                  f"{all(c.get('residentIdentical') for c in cases) if cases else None} / "
                  f"{all(c.get('residentActivationsIdentical') for c in cases) if cases else None} (weights / activations) |")
     lines.append(f"| batched inverse vs CPU and per-layer | {sum(1 for r in batch_runs if r.get('ok'))}/{len(batch_runs)} runs ok |")
+    sb = driver.get("stepBatch") or {}
+    lines.append(f"| batched update vs one launch per layer | {sb.get('layers', 0)} layers and parameters, "
+                 f"{sb.get('layersNotBitIdentical', 'not run')} not bit-identical |")
     lines.append("")
 
     if not bench:
@@ -138,7 +141,7 @@ def main():
         for mode in ("foreach", "fused"):
             theirs = sgd.get(mode + "Ms")
             if theirs:
-                lines.append(f"| plain SGD-momentum | {w.get('sgdMomentumMs', 0):.2f} ms (one kernel per tensor) | "
+                lines.append(f"| plain SGD-momentum | {w.get('sgdMomentumMs', 0):.2f} ms (multi-tensor kernel) | "
                              f"{theirs:.2f} ms (torch.optim.SGD {mode}) | {vs(w.get('sgdMomentumMs'), theirs)} |")
     elif tr:
         lines.append("")

@@ -1,3 +1,5 @@
+#include <cstdlib>
+
 #include "launch.cuh"
 #include "update.cuh"
 
@@ -283,16 +285,39 @@ void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const
   NYSACT_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// The bytes of gradient one batched launch may cover (NYSACT_CUDA_STEP_BATCH_BYTES, else half the
+// L2 cache).  The M products of a launch's layers read their G first, then the fused kernel reads
+// each G again: while the launch's gradients fit in L2 that second read is served from the cache,
+// so G costs one pass of device memory, as with one launch per layer (product, then kernel).
+size_t stepBatchBudget(const Context& ctx) {
+  if (const char* v = std::getenv("NYSACT_CUDA_STEP_BATCH_BYTES")) {
+    const long long parsed = std::atoll(v);
+    if (parsed > 0) return static_cast<size_t>(parsed);
+  }
+  const int l2 = ctx.properties().l2CacheSize;
+  return l2 > 0 ? static_cast<size_t>(l2) / 2 : size_t{8} << 20;
+}
+
+}  // namespace
+
 void preconditionedMomentumStepBatch(const Context& ctx, const std::vector<const LayerSpec*>& specs,
                                      const std::vector<DeviceStep>& steps, const StepScalars& s) {
+  const size_t budget = stepBatchBudget(ctx);
+  size_t gradientBytes = 0;  // of the layers in `batch`
   FusedBatch batch{};
   auto launch = [&] {
     if (batch.count == 0) return;
     NYSACT_LAUNCH(fusedStepBatchKernel, gridFor(batch.firstTile[batch.count]), kThreadsA * kThreadsB, ctx.stream())(batch);
     NYSACT_CUDA_CHECK_LAUNCH();
     batch.count = 0;
+    gradientBytes = 0;
   };
   for (size_t i = 0; i < specs.size(); ++i) {
+    const size_t bytes = static_cast<size_t>(specs[i]->p() * specs[i]->fanOut) * sizeof(float);
+    if (batch.count > 0 && gradientBytes + bytes > budget) launch();
+    gradientBytes += bytes;
     FusedArgs f;
     try {
       f = prepareStep(ctx, *specs[i], steps[i], s);

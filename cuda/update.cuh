@@ -33,8 +33,10 @@ void preconditionedMomentumStep(const Context& ctx, const LayerSpec& spec, const
 
 // The same for many layers: each layer's M product (cuBLAS, one call per layer), then one launch of
 // the fused kernel for up to 48 layers at a time instead of one per layer (an optimizer step has
-// many small layers, and each launch costs microseconds of GPU time).  Each layer needs its own
-// scratchM.  Bit-identical to preconditionedMomentumStep layer by layer.
+// many small layers, and each launch costs microseconds of GPU time), as long as their gradients
+// fit in half the L2 cache (NYSACT_CUDA_STEP_BATCH_BYTES overrides), so the kernel's second read
+// of G still hits the cache.  Each layer needs its own scratchM.  Bit-identical to
+// preconditionedMomentumStep layer by layer.
 void preconditionedMomentumStepBatch(const Context& ctx, const std::vector<const LayerSpec*>& specs,
                                      const std::vector<DeviceStep>& steps, const StepScalars& s);
 

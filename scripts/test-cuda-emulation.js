@@ -50,8 +50,10 @@ const driver = join(release, 'nysact_driver');
 if (existsSync(driver)) {
   // Every parity case, no benchmarks (they would time the host, not a GPU); then again with an 8 KiB
   // statistics tile budget, so that every sketch runs its tile loop over many tiles (the default
-  // 64 MiB holds each case's activations in one tile).
-  for (const [label, extra] of [['', {}], [' (8 KiB tiles)', { NYSACT_CUDA_TILE_BYTES: '8192' }]]) {
+  // 64 MiB holds each case's activations in one tile), and a 2 KiB gradient budget per batched
+  // update launch, so that the batched update splits its launches by bytes as well as by count.
+  const small = { NYSACT_CUDA_TILE_BYTES: '8192', NYSACT_CUDA_STEP_BATCH_BYTES: '2048' };
+  for (const [label, extra] of [['', {}], [' (8 KiB tiles, 2 KiB update launches)', small]]) {
     const d = spawnSync(driver, ['--no-bench'], { cwd: root, env: { ...env, ...extra }, encoding: 'utf8', maxBuffer: 64 << 20 });
     let report = null;
     try {

@@ -530,6 +530,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->maxThreadsDim[1] = 1024;
   prop->maxThreadsDim[2] = 64;
   prop->unifiedAddressing = 1;
+  prop->l2CacheSize = 50 << 20;  // an H100's / H200's
   return cudaSuccess;
 }
 

@@ -139,16 +139,29 @@ __device__ __forceinline__ void fusedTile(const FusedArgs& f, int64_t tile, Fuse
     for (int v = 0; v < kPerThreadB; ++v) acc[u][v] = 0.0f;
 
   for (int64_t k0 = 0; k0 < f.k; k0 += kChunk) {
-    // Stage factor rows: consecutive threads read consecutive k of one row.
+    // Stage factor rows: consecutive threads read consecutive k of one row.  M's rows get the bias
+    // gradient's rank-one term here, M[j, l] += gb[j]·U[p0, l] (U's last row belongs to the bias),
+    // instead of in a separate cuBLAS call per layer.
     for (int e = threadIdx.x; e < kTileA * kChunk; e += blockDim.x) {
       const int row = e / kChunk, kk = e % kChunk;
       const int64_t a = a0 + row, kg = k0 + kk;
-      sh.a[kk][row] = (a < f.rowsA && kg < f.k) ? f.factorA[a * f.k + kg] : 0.0f;
+      float value = 0.0f;
+      if (a < f.rowsA && kg < f.k) {
+        value = f.factorA[a * f.k + kg];
+        if (kOutIn && f.gradBias != nullptr) value += f.gradBias[a] * f.factorB[f.p0 * f.k + kg];
+      }
+      sh.a[kk][row] = value;
     }
     for (int e = threadIdx.x; e < kTileB * kChunk; e += blockDim.x) {
       const int row = e / kChunk, kk = e % kChunk;
       const int64_t b = b0 + row, kg = k0 + kk;
-      sh.b[kk][row] = (b < f.colsB && kg < f.k) ? f.factorB[b * f.k + kg] * f.coefficients[kg] : 0.0f;
+      float value = 0.0f;
+      if (b < f.colsB && kg < f.k) {
+        value = f.factorB[b * f.k + kg];
+        if (!kOutIn && f.gradBias != nullptr) value += f.gradBias[b] * f.factorA[f.p0 * f.k + kg];
+        value *= f.coefficients[kg];
+      }
+      sh.b[kk][row] = value;
     }
     __syncthreads();
 #pragma unroll
@@ -233,8 +246,8 @@ __global__ void __launch_bounds__(kThreadsA* kThreadsB) fusedStepBatchKernel(__g
   }
 }
 
-// M (q x k row-major, i.e. column-major k x q with leading dimension k) = G U_top (+ gb ⊗ U_bias),
-// and the fused kernel's arguments.
+// M (q x k row-major, i.e. column-major k x q with leading dimension k) = G U_top, and the fused
+// kernel's arguments (the kernel adds the bias term gb ⊗ U_bias as it stages M).
 FusedArgs prepareStep(const Context& ctx, const LayerSpec& spec, const DeviceStep& d, const StepScalars& s) {
   const int64_t p0 = spec.fanIn, q = spec.fanOut, k = d.k;
   const int ki = toInt(k, "rank"), qi = toInt(q, "fanOut"), p0i = toInt(p0, "fanIn");
@@ -247,9 +260,6 @@ FusedArgs prepareStep(const Context& ctx, const LayerSpec& spec, const DeviceSte
     // G is q x p0 row-major: column-major p0 x q.
     NYSACT_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, ki, qi, p0i, &one, d.basis, ki,
                                     d.gradWeight, p0i, &zero, d.scratchM, ki));
-  }
-  if (spec.bias) {
-    NYSACT_CUBLAS_CHECK(cublasSger(ctx.cublas(), ki, qi, &one, d.basis + p0 * k, 1, d.gradBias, 1, d.scratchM, ki));
   }
 
   FusedArgs f{};

@@ -1,6 +1,6 @@
 // The fused preconditioned momentum step on the device (SPEC §1 step 3, SPEC §2 "never materialise
-// P").  cuBLAS first forms the skinny product M = G U (q x k, bias gradient included as a rank-one
-// update); then one hand-written kernel computes, per element, v = g/ρ + Σ_k U[i,k]·c_k·M[j,k] from
+// P").  cuBLAS first forms the skinny product M = G U (q x k; the bias gradient's rank-one term is
+// added by the kernel as it stages M); then one hand-written kernel computes, per element, v = g/ρ + Σ_k U[i,k]·c_k·M[j,k] from
 // shared-memory tiles of U and M (a small GEMM whose epilogue is the optimizer: no library fuses a
 // low-rank product with weight decay, momentum and the parameter update), reading G, θ and the
 // momentum buffer once and writing θ and the buffer once.

@@ -548,40 +548,6 @@ cublasStatus_t cublasDtrsmBatched(cublasHandle_t handle, cublasSideMode_t side, 
   return CUBLAS_STATUS_SUCCESS;
 }
 
-// cublasSger: A = alpha x yᵀ + A (A m x n, x of m elements with stride incx, y of n with stride
-// incy; a negative stride walks the array backwards from its end, as in BLAS).  Rules: m, n >= 0,
-// incx, incy != 0, lda >= max(1, m), alpha not NULL.
-cublasStatus_t cublasSger_v2(cublasHandle_t handle, int m, int n, const float* alpha, const float* x, int incx,
-                             const float* y, int incy, float* A, int lda) {
-  static const char* const routine = "cublasSger";
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (m < 0 || n < 0 || incx == 0 || incy == 0 || lda < std::max(1, m) || alpha == nullptr) {
-    return CUBLAS_STATUS_INVALID_VALUE;
-  }
-  if (handle->pointerMode != CUBLAS_POINTER_MODE_HOST) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (m == 0 || n == 0 || brokenContext()) return CUBLAS_STATUS_SUCCESS;
-  const double alphaValue = *alpha;
-  if (alphaValue == 0.0) return CUBLAS_STATUS_SUCCESS;
-  if (!operandOk(routine, "x", x, vectorBytes(m, incx, sizeof(float))) ||
-      !operandOk(routine, "y", y, vectorBytes(n, incy, sizeof(float))) ||
-      !matrixOk(routine, "A", A, m, n, lda, sizeof(float))) {
-    return CUBLAS_STATUS_SUCCESS;
-  }
-  nysact_emu::enqueue(handle->stream, [=] {
-    auto element = [](const float* v, Index count, Index inc, Index i) {
-      return static_cast<double>(inc > 0 ? v[i * inc] : v[(count - 1 - i) * -inc]);
-    };
-    for (Index j = 0; j < n; ++j) {
-      const double scaled = alphaValue * element(y, n, incy, j);
-      float* column = A + j * lda;
-      for (Index i = 0; i < m; ++i) {
-        column[i] = static_cast<float>(static_cast<double>(column[i]) + element(x, m, incx, i) * scaled);
-      }
-    }
-  });
-  return CUBLAS_STATUS_SUCCESS;
-}
-
 // ==== cuSOLVER: handles ============================================================================
 
 // cusolverDnCreate: a new handle on the default stream.

@@ -378,34 +378,6 @@ void testTrsmBatched(cublasHandle_t h) {
     }
 }
 
-// ---- ger -------------------------------------------------------------------------------------------
-
-void testGer(cublasHandle_t h) {
-  const int m = 4, n = 3, lda = 6;
-  for (auto incs : {std::pair<int, int>{1, 1}, std::pair<int, int>{2, -1}, std::pair<int, int>{-3, 2}}) {
-    const int incx = incs.first, incy = incs.second;
-    Buffer<float> x(1 + (m - 1) * std::abs(incx)), y(1 + (n - 1) * std::abs(incy)), a(lda * n, 4.0f);
-    fillRandom(x);
-    fillRandom(y);
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) a[i + j * lda] = static_cast<float>(uniform());
-    const Dense a0 = fromStored(a.data(), m, n, lda);
-    const float alpha = 0.5f;
-    CHECK(cublasSger(h, m, n, &alpha, x.data(), incx, y.data(), incy, a.data(), lda) == CUBLAS_STATUS_SUCCESS,
-          "Sger: status");
-    synchronize();
-    auto element = [](Buffer<float>& v, int count, int inc, int i) {
-      return static_cast<double>(inc > 0 ? v[i * inc] : v[(count - 1 - i) * -inc]);
-    };
-    Dense expected = a0;
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) expected(i, j) += alpha * element(x, m, incx, i) * element(y, n, incy, j);
-    CHECK(maxDiff(fromStored(a.data(), m, n, lda), expected) < 1e-6,
-          "Sger incx=" + std::to_string(incx) + " incy=" + std::to_string(incy) + ": A += alpha x yᵀ");
-    CHECK(paddingIntact(a.data(), m, n, lda, 4.0f), "Sger: A's rows beyond m untouched");
-  }
-}
-
 // ---- symmetric eigensolvers -----------------------------------------------------------------------
 
 // Fills the `lower` (or upper) triangle of an n x n matrix (leading dimension ld) with random values,
@@ -709,7 +681,7 @@ void testGesvd(cusolverDnHandle_t h) {
 
 void testValidation(cublasHandle_t h, cusolverDnHandle_t sh) {
   Buffer<double> a(100), b(100), c(100), w(10), work(1000);
-  Buffer<float> fa(100), fx(10), fy(10);
+  Buffer<float> fa(100);
   Buffer<int> info(4, 0);
   Buffer<double*> ptr(2);
   ptr[0] = a.data();
@@ -758,9 +730,6 @@ void testValidation(cublasHandle_t h, cusolverDnHandle_t sh) {
   CHECK(cublasDtrsmBatched(h, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, CUBLAS_DIAG_NON_UNIT, 2, 2, &one,
                            reinterpret_cast<const double* const*>(ptr.data()), 2, ptr.data(), 2, -1) == bad,
         "DtrsmBatched batchCount < 0");
-  CHECK(cublasSger(h, 3, 2, &fone, fx.data(), 0, fy.data(), 1, fa.data(), 3) == bad, "Sger incx = 0");
-  CHECK(cublasSger(h, 3, 2, &fone, fx.data(), 1, fy.data(), 1, fa.data(), 2) == bad, "Sger lda < m");
-  CHECK(cublasSger(h, -3, 2, &fone, fx.data(), 1, fy.data(), 1, fa.data(), 2) == bad, "Sger m < 0");
   CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE) == CUBLAS_STATUS_SUCCESS, "SetPointerMode DEVICE");
   CHECK(cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 2, &one, a.data(), 2, b.data(), 2, &one, c.data(), 2) ==
             CUBLAS_STATUS_NOT_SUPPORTED,
@@ -974,7 +943,6 @@ int main() {
   testGemmStridedBatched(blas);
   testTrsm(blas);
   testTrsmBatched(blas);
-  testGer(blas);
   testSyevd(solver);
   testSyevBatched(solver);
   testPotrf(solver);

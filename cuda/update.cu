@@ -61,7 +61,7 @@ __device__ __forceinline__ int ownerOf(const int64_t* first, int count, int64_t 
 // and shifts are many small tensors, each a launch of its own otherwise).  Tensor i owns chunks
 // [firstChunk[i], firstChunk[i+1]) of kMomentumChunk elements; each element gets momentumKernel's
 // arithmetic, so the results are bit-identical to one launch per tensor.
-constexpr int kMomentumTensors = 96;        // about 3 KB of parameters
+constexpr int kMomentumTensors = 96;         // about 4 KB of parameters
 constexpr int64_t kMomentumChunk = 4 * 256;  // elements per block iteration: 4 per thread
 struct MomentumBatch {
   int32_t count;

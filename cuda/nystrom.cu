@@ -361,8 +361,13 @@ struct BatchStore {
 // Per-layer finiteness flags (bits), read back with the cuSOLVER infos.
 enum : int { kChatNonFinite = 1, kEigenNonFinite = 2, kCholeskyNonFinite = 4, kGramNonFinite = 8, kBasisNonFinite = 16 };
 
-// Layers per group launch: bounds gridDim.y (65535) and the descriptor uploads.
-constexpr size_t kMaxGroup = 4096;
+// Layers per group launch: at most 4096 (bounds gridDim.y, 65535, and the descriptor uploads), and
+// few enough that the group's k x k matrices hold at most INT32_MAX elements, cusolverDnXsyevBatched's
+// documented limit (n·lda·batchSize; it answers CUSOLVER_STATUS_INVALID_VALUE beyond it).
+size_t maxGroup(int64_t k) {
+  const int64_t byElements = static_cast<int64_t>(INT32_MAX) / std::max<int64_t>(1, k * k);
+  return static_cast<size_t>(std::max<int64_t>(1, std::min<int64_t>(4096, byElements)));
+}
 
 // S and Y = Ĉ + ρS of every layer, column-major side by side ([S | Y], p x 2k), so that one GEMM
 // per layer gives [S | Y]ᵀ Y = [SᵀY ; YᵀY].  blockIdx.y is the layer.
@@ -801,10 +806,10 @@ void reserveNystrom(Context& ctx, const std::vector<NystromDeviceInput>& items, 
     for (auto& entry : groups) {
       std::vector<int64_t>& ps = entry.second;
       // The rebuild runs a subset of these (layers without statistics go per layer) in groups of
-      // at most kMaxGroup: the kMaxGroup widest layers bound every such group.
-      std::sort(ps.begin(), ps.end(), std::greater<int64_t>());
-      if (ps.size() > kMaxGroup) ps.resize(kMaxGroup);
+      // at most maxGroup(k): the maxGroup(k) widest layers bound every such group.
       const int64_t k = std::get<0>(entry.first);
+      std::sort(ps.begin(), ps.end(), std::greater<int64_t>());
+      if (ps.size() > maxGroup(k)) ps.resize(maxGroup(k));
       scratch = std::max(scratch, groupLayout(k, ps).total);
       // (The batched eigensolver's workspace grows with the batch: the largest group bounds it.)
       const auto key = std::make_pair(k, static_cast<int64_t>(ps.size()));
@@ -844,9 +849,10 @@ std::vector<NystromBatchOutcome> nystromFactorsBatched(Context& ctx, const std::
   SolverParams params;
   for (const auto& entry : groups) {
     const std::vector<size_t>& all = entry.second;
-    for (size_t start = 0; start < all.size(); start += kMaxGroup) {
+    const size_t most = maxGroup(std::get<0>(entry.first));
+    for (size_t start = 0; start < all.size(); start += most) {
       const std::vector<size_t> members(all.begin() + static_cast<std::ptrdiff_t>(start),
-                                        all.begin() + static_cast<std::ptrdiff_t>(std::min(all.size(), start + kMaxGroup)));
+                                        all.begin() + static_cast<std::ptrdiff_t>(std::min(all.size(), start + most)));
       runGroup(ctx, params.get(), items, members, destination, out);
     }
   }

@@ -651,6 +651,7 @@ cusolverStatus_t cusolverDnXsyevBatched_bufferSize(cusolverDnHandle_t handle, cu
   }
   const Precision precision = syevPrecision(dataTypeA, dataTypeW, computeType);
   if (precision == Precision::Unsupported) return CUSOLVER_STATUS_NOT_SUPPORTED;
+  if (n > 0 && batchSize > 0 && lda > INT32_MAX / n / batchSize) return CUSOLVER_STATUS_INVALID_VALUE;
   *workspaceInBytesOnDevice = precision == Precision::Double ? syevBatchedDeviceBytes<double>(n, batchSize)
                                                              : syevBatchedDeviceBytes<float>(n, batchSize);
   *workspaceInBytesOnHost = 0;
@@ -700,7 +701,7 @@ extern "C" {
 // CUSOLVER_STATUS_INVALID_VALUE, info[0] = -i names the wrong i-th argument (not counting the
 // handle).  Supported here: real double or real single, with dataTypeA == dataTypeW == computeType
 // (else CUSOLVER_STATUS_NOT_SUPPORTED).  The documented size limit n * lda * batchSize <= INT32_MAX
-// is enforced (CUSOLVER_STATUS_NOT_SUPPORTED: the documentation names no status for it).
+// is enforced (CUSOLVER_STATUS_INVALID_VALUE, as the documentation says; the buffer-size query too).
 cusolverStatus_t cusolverDnXsyevBatched(cusolverDnHandle_t handle, cusolverDnParams_t params, cusolverEigMode_t jobz,
                                         cublasFillMode_t uplo, int64_t n, cudaDataType dataTypeA, void* A,
                                         int64_t lda, cudaDataType dataTypeW, void* W, cudaDataType computeType,
@@ -718,7 +719,7 @@ cusolverStatus_t cusolverDnXsyevBatched(cusolverDnHandle_t handle, cusolverDnPar
   if (batchSize < 0) return rejectArgument(stream, info, 16);
   const Precision precision = syevPrecision(dataTypeA, dataTypeW, computeType);
   if (precision == Precision::Unsupported) return CUSOLVER_STATUS_NOT_SUPPORTED;
-  if (n > 0 && batchSize > 0 && lda > INT32_MAX / n / batchSize) return CUSOLVER_STATUS_NOT_SUPPORTED;
+  if (n > 0 && batchSize > 0 && lda > INT32_MAX / n / batchSize) return CUSOLVER_STATUS_INVALID_VALUE;
   if (precision == Precision::Double) {
     return syevBatched<double>(stream, jobz, uplo, n, static_cast<double*>(A), lda, static_cast<double*>(W),
                                bufferOnDevice, workspaceInBytesOnDevice, info, batchSize);

@@ -828,6 +828,15 @@ void testValidation(cublasHandle_t h, cusolverDnHandle_t sh) {
                 sbad &&
             infoIs(-16),
         "XsyevBatched batchSize < 0: info[0] = -16");
+  const int64_t tooMany = static_cast<int64_t>(INT32_MAX) / 9 + 1;  // n·lda·batchSize > INT32_MAX for n = lda = 3
+  CHECK(cusolverDnXsyevBatched_bufferSize(sh, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, 3, CUDA_R_64F,
+                                          a.data(), 3, CUDA_R_64F, w.data(), CUDA_R_64F, &deviceBytes, &hostBytes,
+                                          tooMany) == sbad,
+        "XsyevBatched_bufferSize n·lda·batchSize > INT32_MAX: invalid value (the documented limit)");
+  CHECK(cusolverDnXsyevBatched(sh, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, 3, CUDA_R_64F, a.data(),
+                               3, CUDA_R_64F, w.data(), CUDA_R_64F, work.data(), 8000, nullptr, 0, info.data(),
+                               tooMany) == sbad,
+        "XsyevBatched n·lda·batchSize > INT32_MAX: invalid value (the documented limit)");
   (void)cusolverDnDestroyParams(params);
   CHECK(cusolverDnDpotrf(nullptr, CUBLAS_FILL_MODE_LOWER, 2, a.data(), 2, work.data(), 1000, info.data()) ==
             CUSOLVER_STATUS_NOT_INITIALIZED,

@@ -4,11 +4,11 @@
 #include <napi.h>
 
 #include <algorithm>
-#include <functional>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <cstring>

@@ -321,7 +321,7 @@ CudaLayer::StepLayout CudaLayer::stepLayout(const StepOperands& o) const {
     const size_t qBias = spec_.bias ? static_cast<size_t>(spec_.fanOut) : 0;
     l.oB = plan.add<float>(stagedCount(o.biasMemory, qBias));
     l.oGb = plan.add<float>(stagedCount(o.gradBiasMemory, qBias));
-    l.oM = plan.add<float>(static_cast<size_t>(spec_.fanOut) * static_cast<size_t>(k_));
+    l.oM = plan.add<float>(mFloats());
   }
   l.total = plan.total();
   return l;
@@ -339,8 +339,16 @@ void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScal
     return;
   }
   if (!hasFactors_) throw Error("ERR_NYSACT_INVALID_ARGUMENT", "preconditionedMomentumStep before the first nystromFactors");
-  const size_t q = static_cast<size_t>(spec_.fanOut);
   char* base = ctx_.scratch(L.total);
+  const DeviceStep d = deviceStep(o, base, L, piece<float>(base, L.oM));
+  cuda::preconditionedMomentumStep(ctx_, spec_, d, s);
+  const size_t q = static_cast<size_t>(spec_.fanOut);
+  if (o.weightMemory != MemoryKind::Device) copyToHost(ctx_, o.weight, d.weight, n * sizeof(float));
+  if (spec_.bias && o.biasMemory != MemoryKind::Device) copyToHost(ctx_, o.bias, d.bias, q * sizeof(float));
+}
+
+DeviceStep CudaLayer::deviceStep(const StepOperands& o, char* base, const StepLayout& L, float* scratchM) const {
+  const size_t n = static_cast<size_t>(spec_.weightSize()), q = static_cast<size_t>(spec_.fanOut);
   DeviceStep d;
   d.basis = basis_.data();
   d.coefficients = coefficients_.data();
@@ -349,15 +357,13 @@ void CudaLayer::preconditionedMomentumStep(const StepOperands& o, const StepScal
   d.weight = onDevice(ctx_, o.weight, o.weightMemory, base, L.oW, n);
   d.gradWeight = onDevice(ctx_, o.gradWeight, o.gradWeightMemory, base, L.oG, n);
   d.momentum = momentum_.data();
-  d.scratchM = piece<float>(base, L.oM);
+  d.scratchM = scratchM;
   if (spec_.bias) {
     d.bias = onDevice(ctx_, o.bias, o.biasMemory, base, L.oB, q);
     d.gradBias = onDevice(ctx_, o.gradBias, o.gradBiasMemory, base, L.oGb, q);
     d.biasMomentum = biasMomentum_.data();
   }
-  cuda::preconditionedMomentumStep(ctx_, spec_, d, s);
-  if (o.weightMemory != MemoryKind::Device) copyToHost(ctx_, o.weight, d.weight, n * sizeof(float));
-  if (spec_.bias && o.biasMemory != MemoryKind::Device) copyToHost(ctx_, o.bias, d.bias, q * sizeof(float));
+  return d;
 }
 
 namespace {
@@ -373,16 +379,18 @@ bool CudaLayer::joinsStepBatch(const StepOperands& o, bool factors) const {
   const bool plain = spec_.kind == LayerKind::Plain;
   const bool device = o.weightMemory == MemoryKind::Device && o.gradWeightMemory == MemoryKind::Device &&
                       (plain || !spec_.bias || (o.biasMemory == MemoryKind::Device && o.gradBiasMemory == MemoryKind::Device));
-  return (plain || factors) && device && !perLayerSteps();
+  return (plain || factors) && device;
 }
 
-size_t CudaLayer::stepBatchBytes(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members) {
+std::vector<size_t> CudaLayer::stepBatchPieces(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members,
+                                               size_t* total) {
   ScratchPlan plan;
+  std::vector<size_t> offsets;
   for (size_t i : members) {
-    const CudaLayer& l = *layers[i];
-    if (l.spec_.kind != LayerKind::Plain) (void)plan.add<float>(static_cast<size_t>(l.spec_.fanOut * l.k_));
+    if (layers[i]->spec_.kind != LayerKind::Plain) offsets.push_back(plan.add<float>(layers[i]->mFloats()));
   }
-  return plan.total();
+  *total = plan.total();
+  return offsets;
 }
 
 void CudaLayer::preconditionedMomentumStepBatch(const std::vector<CudaLayer*>& layers,
@@ -390,11 +398,12 @@ void CudaLayer::preconditionedMomentumStepBatch(const std::vector<CudaLayer*>& l
   if (layers.empty()) return;
   Context& ctx = layers.front()->context();
   std::vector<size_t> members, others;
+  const bool shared = !perLayerSteps();
   for (size_t i = 0; i < layers.size(); ++i) {
     if (&layers[i]->context() != &ctx) {
       throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "a step plan needs layers of one device"));
     }
-    (layers[i]->joinsStepBatch(operands[i], layers[i]->hasFactors_) ? members : others).push_back(i);
+    (shared && layers[i]->joinsStepBatch(operands[i], layers[i]->hasFactors_) ? members : others).push_back(i);
   }
   // Plain parameters: one multi-tensor momentum launch per 96 tensors.
   std::vector<size_t> preconditioned;
@@ -414,30 +423,18 @@ void CudaLayer::preconditionedMomentumStepBatch(const std::vector<CudaLayer*>& l
   }
   if (!plain.empty()) cuda::momentumStepBatch(ctx, plain, s);
   if (!preconditioned.empty()) {
-    // Each member's M gets its own piece of the scratch arena (reserved by reserveStep).
-    char* base = ctx.scratch(stepBatchBytes(layers, preconditioned));
-    ScratchPlan plan;
+    // Each member's M gets its own piece of the scratch arena (reserved by reserveStep); its
+    // operands are all device memory, used in place.
+    size_t total = 0;
+    const std::vector<size_t> offsets = stepBatchPieces(layers, preconditioned, &total);
+    char* base = ctx.scratch(total);
     std::vector<const LayerSpec*> specs;
     std::vector<DeviceStep> steps;
-    for (size_t i : preconditioned) {
-      const CudaLayer& l = *layers[i];
-      const StepOperands& o = operands[i];
-      DeviceStep d;
-      d.basis = l.basis_.data();
-      d.coefficients = l.coefficients_.data();
-      d.k = l.k_;
-      d.inverseDamping = static_cast<float>(l.inverseDamping_);
-      d.weight = o.weight;
-      d.gradWeight = o.gradWeight;
-      d.momentum = l.momentum_.data();
-      d.scratchM = piece<float>(base, plan.add<float>(static_cast<size_t>(l.spec_.fanOut * l.k_)));
-      if (l.spec_.bias) {
-        d.bias = o.bias;
-        d.gradBias = o.gradBias;
-        d.biasMomentum = l.biasMomentum_.data();
-      }
+    for (size_t j = 0; j < preconditioned.size(); ++j) {
+      const CudaLayer& l = *layers[preconditioned[j]];
+      const StepOperands& o = operands[preconditioned[j]];
       specs.push_back(&l.spec_);
-      steps.push_back(d);
+      steps.push_back(l.deviceStep(o, base, l.stepLayout(o), piece<float>(base, offsets[j])));
     }
     try {
       cuda::preconditionedMomentumStepBatch(ctx, specs, steps, s);
@@ -463,11 +460,12 @@ void CudaLayer::reserveStep(const std::vector<CudaLayer*>& layers, const std::ve
   size_t scratch = 0;
   std::vector<NystromDeviceInput> rebuilds;
   std::vector<size_t> batched;
+  const bool shared = !perLayerSteps();
   for (size_t i = 0; i < layers.size(); ++i) {
     CudaLayer& l = *layers[i];
     if (&l.context() != &ctx) throw BatchLayerError(i, Error("ERR_NYSACT_INVALID_ARGUMENT", "a step plan needs layers of one device"));
     scratch = std::max(scratch, l.stepLayout(operands[i]).total);
-    if (l.joinsStepBatch(operands[i], l.hasFactors_ || factors[i])) batched.push_back(i);
+    if (shared && l.joinsStepBatch(operands[i], l.hasFactors_ || factors[i])) batched.push_back(i);
     if (factors[i] && l.spec_.kind != LayerKind::Plain) {
       // The arrays a rebuild writes (unused, and not exported, until the layer has factors).
       if (l.basis_.empty()) l.basis_.resize(static_cast<size_t>(l.p_ * l.k_));
@@ -481,7 +479,9 @@ void CudaLayer::reserveStep(const std::vector<CudaLayer*>& layers, const std::ve
       rebuilds.push_back(in);
     }
   }
-  scratch = std::max(scratch, stepBatchBytes(layers, batched));
+  size_t batchBytes = 0;
+  (void)stepBatchPieces(layers, batched, &batchBytes);
+  scratch = std::max(scratch, batchBytes);
   if (scratch > 0) (void)ctx.scratch(scratch);
   reserveNystrom(ctx, rebuilds, !perLayerFactors());
 }

@@ -14,6 +14,7 @@
 
 #include "../binding/backend.h"
 #include "context.h"
+#include "update.cuh"
 
 namespace nysact {
 namespace cuda {
@@ -72,11 +73,18 @@ class CudaLayer {
     size_t oW, oG, oB, oGb, oM, total;
   };
   StepLayout stepLayout(const StepOperands& o) const;
-  // Whether this layer's step joins a batched launch (preconditionedMomentumStepBatch), given
-  // whether it has factors by then.
+  // Floats of this layer's M = G U (fanOut x k).
+  size_t mFloats() const { return static_cast<size_t>(spec_.fanOut) * static_cast<size_t>(k_); }
+  // The device pointers of a step: operands in device memory as they are, the others in their
+  // pieces of `base` (layout L; their copies are enqueued), M at scratchM.
+  DeviceStep deviceStep(const StepOperands& o, char* base, const StepLayout& L, float* scratchM) const;
+  // Whether this layer's step can join a batched launch (preconditionedMomentumStepBatch), given
+  // whether it has factors by then (NYSACT_CUDA_STEP=per-layer is the caller's to check).
   bool joinsStepBatch(const StepOperands& o, bool factors) const;
-  // The scratch bytes of a batched launch over these layers (each its own M = G U).
-  static size_t stepBatchBytes(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members);
+  // The scratch pieces of a batched launch over these members (each preconditioned one its own M
+  // = G U): their offsets, and the total bytes in *total.
+  static std::vector<size_t> stepBatchPieces(const std::vector<CudaLayer*>& layers, const std::vector<size_t>& members,
+                                             size_t* total);
   void requirePreconditioned(const char* what) const;
   void requirePending() const;
   // The pending-sketch candidate for this statistics step (device / host indices).
